@@ -1,0 +1,217 @@
+//! Apply: carries out a plan's steps through [`Sys`], remembering the mounts it made so that a
+//! failed persistent attempt can be taken down before the tmpfs fallback is built.
+
+use crate::plan::Step;
+use crate::sys::{Sys, SysError};
+use std::path::{Path, PathBuf};
+
+/// Mounts made so far, in order; [`undo`] takes them down in reverse.
+#[derive(Debug, Default)]
+pub struct Done {
+    pub mounts: Vec<PathBuf>,
+}
+
+pub fn run(sys: &mut dyn Sys, steps: &[Step], done: &mut Done) -> Result<(), SysError> {
+    for s in steps {
+        step(sys, s, done)?;
+    }
+    Ok(())
+}
+
+fn step(sys: &mut dyn Sys, s: &Step, done: &mut Done) -> Result<(), SysError> {
+    match s {
+        Step::Mkdir(p) => sys.mkdir_p(p),
+        Step::Mount(m) => {
+            sys.mount(m)?;
+            done.mounts.push(m.target.clone());
+            Ok(())
+        }
+        Step::Move { from, to } => sys.move_mount(from, to),
+        Step::Format {
+            device,
+            mkfs,
+            rom,
+            label,
+        } => {
+            let in_rom = rom.join(mkfs.trim_start_matches('/'));
+            let root = if sys.exists(&in_rom) {
+                Some(rom.as_path())
+            } else if sys.exists(Path::new(mkfs)) {
+                None
+            } else {
+                return Err(SysError::msg(
+                    format!("format {device}"),
+                    format!(
+                        "{mkfs} is neither in the ROM ({}) nor in /",
+                        in_rom.display()
+                    ),
+                ));
+            };
+            // -F: never ask (a prompt once hung boots); -q: keep the console clean.
+            let argv = [mkfs, "-F", "-q", "-L", label, device].map(String::from);
+            log::info!("formatting {device} with {mkfs}");
+            sys.run(root, &argv)
+        }
+        Step::Erase { char_dev } => {
+            log::info!("erasing {char_dev} (reset marker found)");
+            let r = sys.mtd_erase(Path::new(char_dev))?;
+            log::info!(
+                "erased {} blocks of {char_dev}, skipped {} bad",
+                r.blocks,
+                r.bad_blocks
+            );
+            Ok(())
+        }
+        Step::SwitchRoot { new_root, old_root } => {
+            sys.chdir(new_root)?;
+            // Frees the initramfs's memory; a failure costs RAM, not the boot.
+            if let Err(e) = sys.free_tree(old_root) {
+                log::warn!("{e}");
+            }
+            sys.move_mount(Path::new("."), old_root)?;
+            sys.chroot(Path::new("."))?;
+            sys.chdir(Path::new("/"))
+        }
+        Step::PivotRoot { new_root, put_old } => {
+            let rel = put_old.strip_prefix(new_root).unwrap_or(put_old);
+            sys.chdir(new_root)?;
+            sys.pivot_root(Path::new("."), rel)?;
+            sys.chroot(Path::new("."))?;
+            sys.chdir(Path::new("/"))
+        }
+    }
+}
+
+/// Unmounts what `done` records, newest first. A mount that will not go is detached, so the
+/// fallback can mount over its mount point.
+pub fn undo(sys: &mut dyn Sys, done: &mut Done) {
+    while let Some(target) = done.mounts.pop() {
+        if sys.umount(&target, false).is_err() {
+            if let Err(e) = sys.umount(&target, true) {
+                log::warn!("{e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::record::Recorder;
+    use crate::sys::MountSpec;
+    use nix::errno::Errno;
+    use nix::mount::MsFlags;
+
+    fn m(target: &str) -> Step {
+        Step::Mount(MountSpec {
+            source: "src".into(),
+            target: target.into(),
+            fstype: "ext4".into(),
+            flags: MsFlags::empty(),
+            data: String::new(),
+        })
+    }
+
+    #[test]
+    fn runs_in_order_and_stops_at_the_first_failure() {
+        let mut r = Recorder::new().failing("on /b", Errno::EINVAL);
+        let mut done = Done::default();
+        let e = run(&mut r, &[m("/a"), m("/b"), m("/c")], &mut done).unwrap_err();
+        assert_eq!(e.errno, Some(Errno::EINVAL));
+        assert_eq!(r.calls.len(), 2);
+        assert_eq!(done.mounts, vec![PathBuf::from("/a")]);
+    }
+
+    #[test]
+    fn undo_unmounts_newest_first_and_detaches_stuck_mounts() {
+        let mut r = Recorder::new().failing("umount /b", Errno::EBUSY);
+        let mut done = Done {
+            mounts: vec!["/a".into(), "/b".into()],
+        };
+        undo(&mut r, &mut done);
+        assert_eq!(r.calls, ["umount /b", "umount /b (detach)", "umount /a"]);
+        assert!(done.mounts.is_empty());
+    }
+
+    fn format(mkfs: &str) -> Step {
+        Step::Format {
+            device: "/dev/vda2".into(),
+            mkfs: mkfs.into(),
+            rom: "/rom".into(),
+            label: "rootfs_data".into(),
+        }
+    }
+
+    #[test]
+    fn format_runs_mkfs_forced_and_quiet_from_the_rom_first() {
+        let mut r = Recorder::new();
+        r.existing = vec!["/rom/sbin/mkfs.ext4".into(), "/sbin/mkfs.ext4".into()];
+        run(&mut r, &[format("/sbin/mkfs.ext4")], &mut Done::default()).unwrap();
+        assert_eq!(
+            r.calls,
+            ["run /sbin/mkfs.ext4 -F -q -L rootfs_data /dev/vda2 (in /rom)"]
+        );
+    }
+
+    #[test]
+    fn format_uses_the_current_root_when_the_rom_lacks_mkfs() {
+        let mut r = Recorder::new();
+        r.existing = vec!["/usr/sbin/mkfs.ext4".into()];
+        run(
+            &mut r,
+            &[format("/usr/sbin/mkfs.ext4")],
+            &mut Done::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            r.calls,
+            ["run /usr/sbin/mkfs.ext4 -F -q -L rootfs_data /dev/vda2"]
+        );
+    }
+
+    #[test]
+    fn format_without_mkfs_is_an_error_naming_both_places() {
+        let mut r = Recorder::new();
+        let e = run(&mut r, &[format("/sbin/mkfs.ext4")], &mut Done::default()).unwrap_err();
+        assert!(r.calls.is_empty());
+        let text = e.to_string();
+        assert!(
+            text.contains("/rom/sbin/mkfs.ext4") && text.contains("format /dev/vda2"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn switch_root_frees_moves_and_chroots() {
+        let mut r = Recorder::new().failing("free", Errno::EPERM);
+        let s = Step::SwitchRoot {
+            new_root: "/newroot".into(),
+            old_root: "/".into(),
+        };
+        run(&mut r, &[s], &mut Done::default()).unwrap();
+        assert_eq!(
+            r.calls,
+            [
+                "chdir /newroot",
+                "free /",
+                "move . /",
+                "chroot .",
+                "chdir /"
+            ]
+        );
+    }
+
+    #[test]
+    fn pivot_root_puts_the_old_root_under_the_new() {
+        let mut r = Recorder::new();
+        let s = Step::PivotRoot {
+            new_root: "/mnt".into(),
+            put_old: "/mnt/rom".into(),
+        };
+        run(&mut r, &[s], &mut Done::default()).unwrap();
+        assert_eq!(
+            r.calls,
+            ["chdir /mnt", "pivot_root . rom", "chroot .", "chdir /"]
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! ovl: a flash overlay manager for embedded Linux.
+//!
+//! The boot pipeline is probe -> plan -> apply (see `preinit`); `ovlctl` is in `cli` and the
+//! commands' modules.
+
+pub mod apply;
+pub mod board;
+pub mod cli;
+pub mod cmdline;
+pub mod klog;
+pub mod loopdev;
+pub mod mtd;
+pub mod plan;
+pub mod preinit;
+pub mod probe;
+pub mod state;
+pub mod status;
+pub mod sys;

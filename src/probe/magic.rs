@@ -1,0 +1,212 @@
+//! What a partition holds, told by the magic numbers in its first bytes.
+//!
+//! The facts, as the kernel and OpenWrt's fstools read them:
+//! - a big-endian `0xDEADC0DE` word at 0: "not formatted, erase me" (written by flashing tools
+//!   and by a factory reset of an unmounted JFFS2);
+//! - `hsqs` at 0: squashfs, whose `bytes_used` is a little-endian u64 at offset 40;
+//! - JFFS2 node magic 0x1985 at 0, in either byte order (the flash may be big- or little-endian);
+//! - UBIFS node magic 0x06101831 (little-endian) at 0;
+//! - gzip `1f 8b` at 0: a config backup written raw onto the partition by an upgrade;
+//! - ext2/3/4 0xEF53 (LE16) at 0x438, its 16-byte volume label at 0x478;
+//! - f2fs 0xF2F52010 (LE32) at 0x400;
+//! - all 0xFF: erased flash (or a partition left blank by ovl's image builder); all 0: zeroed.
+
+/// How many bytes [`identify`] wants: enough for the ext4 label and a fair look at blankness.
+pub const PROBE_BYTES: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    Marker,
+    Squashfs { bytes_used: u64 },
+    Jffs2,
+    Ubifs,
+    Gzip,
+    Ext4 { label: String },
+    F2fs,
+    Erased,
+    Zeroes,
+    Unknown,
+}
+
+impl Content {
+    /// The word used in logs and in the state file.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Content::Marker => "marker",
+            Content::Squashfs { .. } => "squashfs",
+            Content::Jffs2 => "jffs2",
+            Content::Ubifs => "ubifs",
+            Content::Gzip => "gzip",
+            Content::Ext4 { .. } => "ext4",
+            Content::F2fs => "f2fs",
+            Content::Erased => "erased",
+            Content::Zeroes => "zeroes",
+            Content::Unknown => "unknown",
+        }
+    }
+}
+
+pub const DEADCODE: [u8; 4] = [0xde, 0xad, 0xc0, 0xde];
+const SQUASHFS: [u8; 4] = *b"hsqs";
+const JFFS2_LE: [u8; 2] = [0x85, 0x19];
+const JFFS2_BE: [u8; 2] = [0x19, 0x85];
+const UBIFS: [u8; 4] = 0x0610_1831u32.to_le_bytes();
+const GZIP: [u8; 2] = [0x1f, 0x8b];
+const EXT4_MAGIC_AT: usize = 0x438;
+const EXT4_LABEL_AT: usize = 0x478;
+const F2FS_MAGIC_AT: usize = 0x400;
+const F2FS: [u8; 4] = 0xF2F5_2010u32.to_le_bytes();
+
+fn at<const N: usize>(buf: &[u8], off: usize) -> Option<[u8; N]> {
+    buf.get(off..off + N)?.try_into().ok()
+}
+
+/// Tells what `buf` (the first bytes of a partition, ideally [`PROBE_BYTES`]) holds.
+pub fn identify(buf: &[u8]) -> Content {
+    if buf.is_empty() {
+        return Content::Unknown;
+    }
+    if at::<4>(buf, 0) == Some(DEADCODE) {
+        return Content::Marker;
+    }
+    if at::<4>(buf, 0) == Some(SQUASHFS) {
+        if let Some(b) = at::<8>(buf, 40) {
+            return Content::Squashfs {
+                bytes_used: u64::from_le_bytes(b),
+            };
+        }
+    }
+    let head2 = at::<2>(buf, 0);
+    if head2 == Some(JFFS2_LE) || head2 == Some(JFFS2_BE) {
+        return Content::Jffs2;
+    }
+    if at::<4>(buf, 0) == Some(UBIFS) {
+        return Content::Ubifs;
+    }
+    if head2 == Some(GZIP) {
+        return Content::Gzip;
+    }
+    if at::<2>(buf, EXT4_MAGIC_AT) == Some(0xEF53u16.to_le_bytes()) {
+        let label = at::<16>(buf, EXT4_LABEL_AT).unwrap_or([0; 16]);
+        let end = label.iter().position(|&b| b == 0).unwrap_or(16);
+        return Content::Ext4 {
+            label: String::from_utf8_lossy(&label[..end]).into_owned(),
+        };
+    }
+    if at::<4>(buf, F2FS_MAGIC_AT) == Some(F2FS) {
+        return Content::F2fs;
+    }
+    if buf.iter().all(|&b| b == 0xff) {
+        return Content::Erased;
+    }
+    if buf.iter().all(|&b| b == 0) {
+        return Content::Zeroes;
+    }
+    Content::Unknown
+}
+
+/// Where the writable area starts after a squashfs in the same partition (OpenWrt x86): the
+/// end of the squashfs rounded up to 64 KiB.
+pub fn after_squashfs_offset(bytes_used: u64) -> u64 {
+    const ALIGN: u64 = 64 * 1024;
+    bytes_used.div_ceil(ALIGN) * ALIGN
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buf_with(off: usize, bytes: &[u8]) -> Vec<u8> {
+        let mut b = vec![0x5a; PROBE_BYTES];
+        b[off..off + bytes.len()].copy_from_slice(bytes);
+        b
+    }
+
+    #[test]
+    fn every_magic() {
+        assert_eq!(identify(&buf_with(0, &DEADCODE)), Content::Marker);
+        let mut sq = buf_with(0, b"hsqs");
+        sq[40..48].copy_from_slice(&123_456u64.to_le_bytes());
+        assert_eq!(
+            identify(&sq),
+            Content::Squashfs {
+                bytes_used: 123_456
+            }
+        );
+        assert_eq!(
+            identify(&buf_with(0, &[0x85, 0x19, 0x03, 0x20])),
+            Content::Jffs2
+        );
+        assert_eq!(
+            identify(&buf_with(0, &[0x19, 0x85, 0x20, 0x03])),
+            Content::Jffs2
+        );
+        assert_eq!(
+            identify(&buf_with(0, &[0x31, 0x18, 0x10, 0x06])),
+            Content::Ubifs
+        );
+        assert_eq!(
+            identify(&buf_with(0, &[0x1f, 0x8b, 0x08, 0x00])),
+            Content::Gzip
+        );
+        assert_eq!(
+            identify(&buf_with(0x400, &[0x10, 0x20, 0xf5, 0xf2])),
+            Content::F2fs
+        );
+        assert_eq!(identify(&vec![0xff; PROBE_BYTES]), Content::Erased);
+        assert_eq!(identify(&vec![0; PROBE_BYTES]), Content::Zeroes);
+        assert_eq!(identify(&vec![0x5a; PROBE_BYTES]), Content::Unknown);
+    }
+
+    #[test]
+    fn ext4_with_and_without_label() {
+        let mut b = vec![0u8; PROBE_BYTES];
+        b[0x438..0x43a].copy_from_slice(&[0x53, 0xef]);
+        assert_eq!(
+            identify(&b),
+            Content::Ext4 {
+                label: String::new()
+            }
+        );
+        b[0x478..0x478 + 11].copy_from_slice(b"rootfs_data");
+        assert_eq!(
+            identify(&b),
+            Content::Ext4 {
+                label: "rootfs_data".into()
+            }
+        );
+        b[0x478..0x488].copy_from_slice(b"sixteen-chars-lb");
+        assert_eq!(
+            identify(&b),
+            Content::Ext4 {
+                label: "sixteen-chars-lb".into()
+            }
+        );
+    }
+
+    #[test]
+    fn marker_wins_over_what_follows() {
+        // A reset marker written over the first word of an ext4 partition still means "reset".
+        let mut b = vec![0u8; PROBE_BYTES];
+        b[0x438..0x43a].copy_from_slice(&[0x53, 0xef]);
+        b[..4].copy_from_slice(&DEADCODE);
+        assert_eq!(identify(&b), Content::Marker);
+    }
+
+    #[test]
+    fn short_buffers_do_not_panic() {
+        assert_eq!(identify(&[]), Content::Unknown);
+        assert_eq!(identify(b"hsq"), Content::Unknown);
+        assert_eq!(identify(b"hsqs"), Content::Unknown);
+        assert_eq!(identify(&[0xff; 3]), Content::Erased);
+        assert_eq!(identify(&[0x85]), Content::Unknown);
+    }
+
+    #[test]
+    fn offset_after_squashfs() {
+        assert_eq!(after_squashfs_offset(0), 0);
+        assert_eq!(after_squashfs_offset(1), 65536);
+        assert_eq!(after_squashfs_offset(65536), 65536);
+        assert_eq!(after_squashfs_offset(65537), 131072);
+    }
+}

@@ -1,0 +1,495 @@
+//! Probe: reads what the kernel shows (/proc/mtd, /sys/class/block uevents, superblocks) into
+//! plain data, and finds the ROM and the writable partition, waiting for late devices.
+
+pub mod block;
+pub mod magic;
+pub mod mtd;
+
+use crate::board::Selector;
+use crate::plan::{DataFound, DataKind, RomFound};
+use crate::sys::Sys;
+use magic::{identify, Content, PROBE_BYTES};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Where probe reads: `<target>/proc`, `<target>/sys` (or a fixture tree), `<target>/dev`.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub proc_dir: PathBuf,
+    pub sys_dir: PathBuf,
+    pub dev_dir: PathBuf,
+}
+
+/// One look at the devices.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    pub mtd: Vec<mtd::MtdPart>,
+    pub blocks: Vec<block::BlockDev>,
+}
+
+pub fn snapshot(src: &Sources) -> Snapshot {
+    Snapshot {
+        mtd: std::fs::read_to_string(src.proc_dir.join("mtd"))
+            .map(|t| mtd::parse_proc_mtd(&t))
+            .unwrap_or_default(),
+        blocks: block::scan(&src.sys_dir),
+    }
+}
+
+/// A partition a selector named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hit {
+    Block(PathBuf),
+    Mtd(mtd::MtdPart),
+}
+
+impl Hit {
+    /// The node that is mounted.
+    pub fn mount_dev(&self, src: &Sources) -> PathBuf {
+        match self {
+            Hit::Block(p) => p.clone(),
+            Hit::Mtd(m) => src.dev_dir.join(format!("mtdblock{}", m.index)),
+        }
+    }
+}
+
+/// `/dev/x` on the command line means `<target>/dev/x` while preinit works below a target.
+pub fn dev_path(src: &Sources, p: &str) -> PathBuf {
+    match p.strip_prefix("/dev/") {
+        Some(rest) => src.dev_dir.join(rest),
+        None => PathBuf::from(p),
+    }
+}
+
+pub fn read_head(path: &Path, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len);
+    std::fs::File::open(path)?
+        .take(len as u64)
+        .read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+fn device_size(path: &Path) -> std::io::Result<u64> {
+    std::fs::File::open(path)?.seek(SeekFrom::End(0))
+}
+
+/// Resolves a selector in one snapshot. `role` is the partition name `auto` looks for.
+/// A device counts only once its node exists.
+pub fn resolve(sel: &Selector, role: &str, snap: &Snapshot, src: &Sources) -> Option<Hit> {
+    let node = |name: &str| {
+        let p = src.dev_dir.join(name);
+        p.exists().then_some(p)
+    };
+    match sel {
+        Selector::Mtd(name) => {
+            let part = mtd::find(&snap.mtd, name)?;
+            node(&format!("mtdblock{}", part.index))?;
+            Some(Hit::Mtd(part.clone()))
+        }
+        Selector::PartName(name) => {
+            let d = block::find_partname(&snap.blocks, name)?;
+            node(&d.devname).map(Hit::Block)
+        }
+        Selector::Label(label) => snap.blocks.iter().find_map(|d| {
+            let p = node(&d.devname)?;
+            match identify(&read_head(&p, PROBE_BYTES).ok()?) {
+                Content::Ext4 { label: l } if &l == label => Some(Hit::Block(p)),
+                _ => None,
+            }
+        }),
+        Selector::Path(p) => {
+            let p = dev_path(src, p);
+            p.exists().then_some(Hit::Block(p))
+        }
+        Selector::Auto => resolve(&Selector::PartName(role.into()), role, snap, src)
+            .or_else(|| resolve(&Selector::Mtd(role.into()), role, snap, src)),
+        // Needs the ROM: see find.
+        Selector::AfterRom => None,
+    }
+}
+
+/// What find was asked for.
+#[derive(Debug, Clone)]
+pub struct Wanted {
+    /// None: the ROM is the current root (rootfs boot).
+    pub rom: Option<Selector>,
+    /// None: failsafe, the writable partition is not looked at.
+    pub data: Option<Selector>,
+    pub timeout: Duration,
+}
+
+pub struct Found {
+    pub rom: Result<RomFound, String>,
+    pub data: Result<DataFound, String>,
+    /// The partition the ROM was found on.
+    pub rom_hit: Option<Hit>,
+}
+
+/// Waits up to the timeout for the ROM and the writable partition, then identifies them.
+/// Partitions of one flash chip or one disk appear together, so when the ROM was found by
+/// name and the data partition, named the same way, is not beside it, waiting longer is
+/// pointless and we stop.
+pub fn find(w: &Wanted, src: &Sources, sys: &mut dyn Sys) -> Found {
+    let start = Instant::now();
+    let (mut rom_hit, mut data_hit);
+    loop {
+        let snap = snapshot(src);
+        rom_hit = w
+            .rom
+            .as_ref()
+            .and_then(|s| resolve(s, "rootfs", &snap, src));
+        data_hit = match &w.data {
+            Some(Selector::AfterRom) => None,
+            Some(Selector::Auto) => resolve(&Selector::Auto, "rootfs_data", &snap, src),
+            Some(s) => resolve(s, "rootfs_data", &snap, src),
+            None => None,
+        };
+        let rom_ok = w.rom.is_none() || rom_hit.is_some();
+        let after_rom_possible =
+            matches!(w.data, Some(Selector::AfterRom | Selector::Auto)) && rom_hit.is_some();
+        let data_ok = w.data.is_none() || data_hit.is_some() || after_rom_possible;
+        let siblings_complete = matches!(
+            (&w.rom, &w.data, &rom_hit),
+            (
+                Some(Selector::Mtd(_)),
+                Some(Selector::Mtd(_)),
+                Some(Hit::Mtd(_))
+            ) | (
+                Some(Selector::PartName(_)),
+                Some(Selector::PartName(_)),
+                Some(Hit::Block(_))
+            )
+        );
+        if (rom_ok && (data_ok || siblings_complete)) || start.elapsed() >= w.timeout {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let waited = start.elapsed().as_millis();
+    let rom = match (&w.rom, &rom_hit) {
+        (None, _) => Err("the ROM is the current root".to_string()),
+        (Some(sel), None) => Err(format!("no ROM partition ({sel}) after {waited} ms")),
+        (Some(_), Some(hit)) => check_rom(hit, src),
+    };
+    let data = match (&w.data, data_hit) {
+        (None, _) => Err("failsafe: the writable partition is not used".to_string()),
+        (Some(_), Some(hit)) => identify_data(&hit, src),
+        (Some(sel @ (Selector::AfterRom | Selector::Auto)), None) => match &rom_hit {
+            Some(Hit::Block(rom_dev)) => after_rom(rom_dev, sys),
+            Some(Hit::Mtd(_)) if matches!(sel, Selector::Auto) => Err(format!(
+                "no writable partition (auto: partname:rootfs_data, mtd:rootfs_data) after {waited} ms"
+            )),
+            _ if matches!(sel, Selector::AfterRom) => {
+                Err("after-rom needs a ROM on a block device".to_string())
+            }
+            _ => Err(format!(
+                "no writable partition (auto: partname:rootfs_data, mtd:rootfs_data, after-rom) after {waited} ms"
+            )),
+        },
+        (Some(sel), None) => Err(format!("no writable partition ({sel}) after {waited} ms")),
+    };
+    Found { rom, data, rom_hit }
+}
+
+fn check_rom(hit: &Hit, src: &Sources) -> Result<RomFound, String> {
+    let dev = hit.mount_dev(src);
+    let head =
+        read_head(&dev, PROBE_BYTES).map_err(|e| format!("read ROM {}: {e}", dev.display()))?;
+    match identify(&head) {
+        Content::Squashfs { .. } => Ok(RomFound {
+            device: dev.display().to_string(),
+        }),
+        c => Err(format!(
+            "ROM {} holds {}, not squashfs",
+            dev.display(),
+            c.name()
+        )),
+    }
+}
+
+fn identify_data(hit: &Hit, src: &Sources) -> Result<DataFound, String> {
+    let dev = hit.mount_dev(src);
+    let (read_from, kind) = match hit {
+        Hit::Block(_) => (dev.clone(), DataKind::Block),
+        Hit::Mtd(m) => {
+            let char_dev = src.dev_dir.join(format!("mtd{}", m.index));
+            let kind = DataKind::Mtd {
+                char_dev: char_dev.display().to_string(),
+                erasesize: m.erasesize,
+            };
+            // The character device reads raw flash; mtdblock would do too, but caches.
+            (
+                if char_dev.exists() {
+                    char_dev
+                } else {
+                    dev.clone()
+                },
+                kind,
+            )
+        }
+    };
+    let head = read_head(&read_from, PROBE_BYTES)
+        .map_err(|e| format!("read {}: {e}", read_from.display()))?;
+    Ok(DataFound {
+        device: dev.display().to_string(),
+        kind,
+        content: identify(&head),
+    })
+}
+
+/// The OpenWrt x86 layout: the writable area starts after the squashfs, rounded up to 64 KiB,
+/// in the ROM's own partition; a loop device at that offset makes it a block device.
+fn after_rom(rom_dev: &Path, sys: &mut dyn Sys) -> Result<DataFound, String> {
+    let head = read_head(rom_dev, PROBE_BYTES)
+        .map_err(|e| format!("read ROM {}: {e}", rom_dev.display()))?;
+    let Content::Squashfs { bytes_used } = identify(&head) else {
+        return Err(format!(
+            "after-rom: {} holds no squashfs",
+            rom_dev.display()
+        ));
+    };
+    let offset = magic::after_squashfs_offset(bytes_used);
+    let size = device_size(rom_dev).map_err(|e| format!("size of {}: {e}", rom_dev.display()))?;
+    // Less than one 64 KiB block after the ROM is no writable area.
+    if size < offset + 64 * 1024 {
+        return Err(format!(
+            "after-rom: no space after the squashfs in {} (squashfs ends at {offset}, partition is {size} bytes)",
+            rom_dev.display()
+        ));
+    }
+    let dev = sys
+        .loop_attach(rom_dev, offset)
+        .map_err(|e| format!("after-rom: {e}"))?;
+    let head = read_head(&dev, PROBE_BYTES).map_err(|e| format!("read {}: {e}", dev.display()))?;
+    Ok(DataFound {
+        device: dev.display().to_string(),
+        kind: DataKind::AfterRom {
+            backing: rom_dev.display().to_string(),
+            offset,
+        },
+        content: identify(&head),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::record::Recorder;
+
+    /// A fake /proc, /sys and /dev with regular files standing in for device nodes.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        src: Sources,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let src = Sources {
+                proc_dir: dir.path().join("proc"),
+                sys_dir: dir.path().join("sys"),
+                dev_dir: dir.path().join("dev"),
+            };
+            for d in [&src.proc_dir, &src.sys_dir, &src.dev_dir] {
+                std::fs::create_dir_all(d).unwrap();
+            }
+            Fixture { dir, src }
+        }
+        fn part(&self, devname: &str, partname: &str, content: &[u8]) {
+            let d = self.src.sys_dir.join("class/block").join(devname);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(
+                d.join("uevent"),
+                format!("MAJOR=254\nMINOR=1\nDEVNAME={devname}\nDEVTYPE=partition\nPARTNAME={partname}\n"),
+            )
+            .unwrap();
+            std::fs::write(self.src.dev_dir.join(devname), content).unwrap();
+        }
+        fn mtd(&self, parts: &[(&str, &[u8])]) {
+            let mut text = String::from("dev:    size   erasesize  name\n");
+            for (i, (name, content)) in parts.iter().enumerate() {
+                text.push_str(&format!("mtd{i}: 01000000 00040000 \"{name}\"\n"));
+                std::fs::write(self.src.dev_dir.join(format!("mtd{i}")), content).unwrap();
+                std::fs::write(self.src.dev_dir.join(format!("mtdblock{i}")), content).unwrap();
+            }
+            std::fs::write(self.src.proc_dir.join("mtd"), text).unwrap();
+        }
+    }
+
+    fn squashfs(bytes_used: u64, total: usize) -> Vec<u8> {
+        let mut v = vec![0u8; total];
+        v[..4].copy_from_slice(b"hsqs");
+        v[40..48].copy_from_slice(&bytes_used.to_le_bytes());
+        v
+    }
+
+    fn wanted(rom: Option<&str>, data: Option<&str>, ms: u64) -> Wanted {
+        Wanted {
+            rom: rom.map(|s| Selector::parse(s).unwrap()),
+            data: data.map(|s| Selector::parse(s).unwrap()),
+            timeout: Duration::from_millis(ms),
+        }
+    }
+
+    #[test]
+    fn router_flash_by_mtd_name() {
+        let f = Fixture::new();
+        f.mtd(&[
+            ("rootfs", &squashfs(100, 4096)),
+            ("rootfs_data", &[0xff; 4096]),
+        ]);
+        let found = find(
+            &wanted(Some("mtd:rootfs"), Some("mtd:rootfs_data"), 1000),
+            &f.src,
+            &mut Recorder::new(),
+        );
+        assert!(found.rom.unwrap().device.ends_with("dev/mtdblock0"));
+        let data = found.data.unwrap();
+        assert!(data.device.ends_with("dev/mtdblock1"));
+        assert_eq!(data.content, Content::Erased);
+        assert!(matches!(
+            data.kind,
+            DataKind::Mtd {
+                erasesize: 0x40000,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn gpt_names_and_auto() {
+        let f = Fixture::new();
+        let mut ext4 = vec![0u8; 4096];
+        ext4[0x438..0x43a].copy_from_slice(&[0x53, 0xef]);
+        f.part("vda1", "rootfs", &squashfs(100, 4096));
+        f.part("vda2", "rootfs_data", &ext4);
+        let found = find(
+            &wanted(Some("auto"), Some("auto"), 1000),
+            &f.src,
+            &mut Recorder::new(),
+        );
+        assert!(found.rom.unwrap().device.ends_with("dev/vda1"));
+        let d = found.data.unwrap();
+        assert!(d.device.ends_with("dev/vda2"));
+        assert_eq!(d.kind, DataKind::Block);
+    }
+
+    #[test]
+    fn label_selector_reads_ext4_labels() {
+        let f = Fixture::new();
+        let mut ext4 = vec![0u8; 4096];
+        ext4[0x438..0x43a].copy_from_slice(&[0x53, 0xef]);
+        ext4[0x478..0x47c].copy_from_slice(b"keep");
+        f.part("sdb1", "", &ext4);
+        f.part("sdb2", "", &[0u8; 4096]);
+        let found = find(
+            &wanted(None, Some("label:keep"), 200),
+            &f.src,
+            &mut Recorder::new(),
+        );
+        assert!(found.data.unwrap().device.ends_with("dev/sdb1"));
+    }
+
+    #[test]
+    fn missing_data_partition_beside_the_rom_does_not_wait() {
+        let f = Fixture::new();
+        f.mtd(&[("rootfs", &squashfs(100, 4096))]);
+        let t = Instant::now();
+        let found = find(
+            &wanted(Some("mtd:rootfs"), Some("mtd:rootfs_data"), 5000),
+            &f.src,
+            &mut Recorder::new(),
+        );
+        assert!(t.elapsed() < Duration::from_millis(2000));
+        let why = found.data.unwrap_err();
+        assert!(
+            why.starts_with("no writable partition (mtd:rootfs_data)"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn missing_devices_time_out_with_the_selector_in_the_reason() {
+        let f = Fixture::new();
+        let found = find(
+            &wanted(Some("/dev/nope"), Some("label:x"), 100),
+            &f.src,
+            &mut Recorder::new(),
+        );
+        let rom = found.rom.unwrap_err();
+        assert!(
+            rom.starts_with("no ROM partition (/dev/nope) after"),
+            "{rom}"
+        );
+        assert!(found
+            .data
+            .unwrap_err()
+            .starts_with("no writable partition (label:x) after"));
+    }
+
+    #[test]
+    fn rom_that_is_not_squashfs_is_refused() {
+        let f = Fixture::new();
+        f.part("vda1", "rootfs", &[0u8; 4096]);
+        let found = find(
+            &wanted(Some("partname:rootfs"), None, 100),
+            &f.src,
+            &mut Recorder::new(),
+        );
+        assert!(found
+            .rom
+            .unwrap_err()
+            .ends_with("holds zeroes, not squashfs"));
+        assert_eq!(
+            found.data.unwrap_err(),
+            "failsafe: the writable partition is not used"
+        );
+    }
+
+    #[test]
+    fn after_rom_attaches_a_loop_at_the_rounded_offset() {
+        let f = Fixture::new();
+        f.part("vda2", "", &squashfs(70_000, 3 * 65536));
+        let mut r = Recorder::new();
+        let found = find(
+            &wanted(Some("/dev/vda2"), Some("after-rom"), 100),
+            &f.src,
+            &mut r,
+        );
+        assert!(found.rom.is_ok());
+        // The recorder hands out a name that does not exist here, so reading it fails, but the
+        // offset is what matters: 70000 rounded up to 64 KiB.
+        assert_eq!(r.calls.len(), 1);
+        assert!(
+            r.calls[0].ends_with("dev/vda2 offset 131072"),
+            "{}",
+            r.calls[0]
+        );
+        assert!(found.data.is_err());
+    }
+
+    #[test]
+    fn after_rom_without_space_is_a_reason() {
+        let f = Fixture::new();
+        f.part("vda2", "", &squashfs(70_000, 2 * 65536));
+        let mut r = Recorder::new();
+        let found = find(
+            &wanted(Some("/dev/vda2"), Some("after-rom"), 100),
+            &f.src,
+            &mut r,
+        );
+        assert!(found
+            .data
+            .unwrap_err()
+            .contains("no space after the squashfs"));
+        assert!(r.calls.is_empty());
+    }
+
+    #[test]
+    fn dev_paths_are_rebased_onto_the_target() {
+        let f = Fixture::new();
+        assert_eq!(dev_path(&f.src, "/dev/vda"), f.dir.path().join("dev/vda"));
+        assert_eq!(dev_path(&f.src, "/tmp/x"), PathBuf::from("/tmp/x"));
+    }
+}

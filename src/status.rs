@@ -1,0 +1,390 @@
+//! `ovlctl status`: what preinit chose (from its state file) and what is mounted now (from the
+//! live mount table), for a person or, with `--json`, for a script.
+
+use crate::state::State;
+use serde::Serialize;
+use std::path::Path;
+
+/// One line of /proc/self/mountinfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountInfo {
+    pub mount_point: String,
+    pub fstype: String,
+    pub source: String,
+    pub options: String,
+}
+
+/// The kernel escapes space, tab, newline and backslash in paths as octal.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let l: Vec<&str> = left.split(' ').collect();
+            let r: Vec<&str> = right.split(' ').collect();
+            Some(MountInfo {
+                mount_point: unescape(l.get(4)?),
+                options: l.get(5)?.to_string(),
+                fstype: r.first()?.to_string(),
+                source: unescape(r.get(1)?),
+            })
+        })
+        .collect()
+}
+
+/// The mount on top at `point` (the last one listed).
+pub fn top<'a>(mounts: &'a [MountInfo], point: &str) -> Option<&'a MountInfo> {
+    mounts.iter().rev().find(|m| m.mount_point == point)
+}
+
+#[derive(Debug, Serialize)]
+struct DevJson<'a> {
+    device: Option<&'a str>,
+    fstype: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+struct DataJson<'a> {
+    device: Option<&'a str>,
+    fstype: Option<&'a str>,
+    content: Option<&'a str>,
+    action: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+struct UpperJson<'a> {
+    mounted: bool,
+    fstype: Option<&'a str>,
+    source: Option<&'a str>,
+    total_bytes: u64,
+    used_bytes: u64,
+    free_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct RootJson<'a> {
+    fstype: Option<&'a str>,
+    source: Option<&'a str>,
+    read_only: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct TimesJson {
+    kernel_to_preinit_us: u64,
+    preinit_us: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct StatusJson<'a> {
+    mode: &'a str,
+    persistent: bool,
+    reason: Option<&'a str>,
+    boot: &'a str,
+    board: Option<&'a str>,
+    rom: DevJson<'a>,
+    data: DataJson<'a>,
+    upper: UpperJson<'a>,
+    root: RootJson<'a>,
+    init: &'a str,
+    modules_loaded: u32,
+    modules_failed: &'a [crate::board::Text<32>],
+    times: TimesJson,
+    steps: &'a [crate::state::Timing],
+}
+
+pub struct Status {
+    pub state: State,
+    pub mounts: Vec<MountInfo>,
+    /// statvfs of /overlay: (total, free) bytes.
+    pub overlay_space: Option<(u64, u64)>,
+}
+
+impl Status {
+    pub fn persistent(&self) -> bool {
+        self.state.mode.as_str() == "persistent"
+    }
+
+    /// 0: persistent; 1: running, but on tmpfs, failsafe or the bare ROM.
+    pub fn exit_code(&self) -> i32 {
+        if self.persistent() {
+            0
+        } else {
+            1
+        }
+    }
+
+    fn json_view(&self) -> StatusJson<'_> {
+        let s = &self.state;
+        let overlay = top(&self.mounts, "/overlay");
+        let root = top(&self.mounts, "/");
+        let rom = top(&self.mounts, "/rom");
+        let (total, free) = self.overlay_space.unwrap_or((0, 0));
+        StatusJson {
+            mode: &s.mode,
+            persistent: self.persistent(),
+            reason: s.reason.as_deref(),
+            boot: &s.boot,
+            board: s.board.as_deref(),
+            rom: DevJson {
+                device: s.rom.as_deref(),
+                fstype: rom.map(|m| m.fstype.as_str()).or(Some("squashfs")),
+            },
+            data: DataJson {
+                device: s.data.as_deref(),
+                fstype: s.data_fstype.as_deref(),
+                content: s.data_content.as_deref(),
+                action: s.data_action.as_deref(),
+            },
+            upper: UpperJson {
+                mounted: overlay.is_some(),
+                fstype: overlay.map(|m| m.fstype.as_str()),
+                source: overlay.map(|m| m.source.as_str()),
+                total_bytes: total,
+                used_bytes: total.saturating_sub(free),
+                free_bytes: free,
+            },
+            root: RootJson {
+                fstype: root.map(|m| m.fstype.as_str()),
+                source: root.map(|m| m.source.as_str()),
+                read_only: root.is_some_and(|m| m.options.split(',').any(|o| o == "ro")),
+            },
+            init: &s.init,
+            modules_loaded: s.modules_loaded,
+            modules_failed: &s.modules_failed,
+            times: TimesJson {
+                kernel_to_preinit_us: s.started_us,
+                preinit_us: s.total_us,
+            },
+            steps: &s.steps,
+        }
+    }
+
+    pub fn to_json(&self) -> Result<String, String> {
+        let mut buf = vec![0u8; 8192];
+        let n =
+            serde_json_core::to_slice(&self.json_view(), &mut buf).map_err(|e| e.to_string())?;
+        buf.truncate(n);
+        String::from_utf8(buf).map_err(|e| e.to_string())
+    }
+
+    pub fn to_text(&self) -> String {
+        let v = self.json_view();
+        let mut out = String::new();
+        let mut line = |k: &str, v: String| out.push_str(&format!("{k:<9}{v}\n"));
+        line("mode:", v.mode.to_string());
+        if let Some(r) = v.reason {
+            line("reason:", r.to_string());
+        }
+        line(
+            "boot:",
+            format!(
+                "{}{}",
+                v.boot,
+                v.board.map(|b| format!(" (board {b})")).unwrap_or_default()
+            ),
+        );
+        line(
+            "rom:",
+            format!("{} (squashfs) at /rom", v.rom.device.unwrap_or("?")),
+        );
+        if let Some(d) = v.data.device {
+            line(
+                "data:",
+                format!(
+                    "{d}: found {}, {}",
+                    v.data.content.unwrap_or("?"),
+                    match (v.data.action, v.data.fstype) {
+                        (Some(a), Some(f)) => format!("{a} as {f}"),
+                        _ => "not used".to_string(),
+                    }
+                ),
+            );
+        }
+        line(
+            "root:",
+            format!(
+                "{} {}{}",
+                v.root.fstype.unwrap_or("?"),
+                v.root.source.unwrap_or("?"),
+                if v.root.read_only { " (READ-ONLY)" } else { "" }
+            ),
+        );
+        if v.upper.mounted {
+            let pct = (v.upper.used_bytes * 100)
+                .checked_div(v.upper.total_bytes)
+                .unwrap_or(0);
+            line(
+                "upper:",
+                format!(
+                    "/overlay {} {}, {} used of {} ({pct}%)",
+                    v.upper.fstype.unwrap_or("?"),
+                    v.upper.source.unwrap_or("?"),
+                    human(v.upper.used_bytes),
+                    human(v.upper.total_bytes)
+                ),
+            );
+        } else {
+            line("upper:", "/overlay is not mounted".to_string());
+        }
+        let steps: Vec<String> = v
+            .steps
+            .iter()
+            .map(|t| format!("{} {:.1}", t.step, t.us as f64 / 1000.0))
+            .collect();
+        line(
+            "preinit:",
+            format!(
+                "{:.1} ms ({})",
+                v.times.preinit_us as f64 / 1000.0,
+                steps.join(", ")
+            ),
+        );
+        out
+    }
+}
+
+fn human(b: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Reads the state file (the given one, or the first of the usual places) and the live table.
+pub fn gather(state_path: Option<&Path>) -> anyhow::Result<Status> {
+    use anyhow::Context;
+    let path = match state_path {
+        Some(p) => p.to_path_buf(),
+        None => crate::state::STATE_PATHS
+            .iter()
+            .map(Path::new)
+            .find(|p| p.exists())
+            .map(Path::to_path_buf)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no state file at {}: this system was not booted by ovl preinit",
+                    crate::state::STATE_PATHS.join(" or ")
+                )
+            })?,
+    };
+    let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+    let state = State::from_json(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|t| parse_mountinfo(&t))
+        .unwrap_or_default();
+    // The field types are narrower on 32-bit targets, so the casts are not no-ops there.
+    #[allow(clippy::unnecessary_cast)]
+    let overlay_space = nix::sys::statvfs::statvfs("/overlay").ok().map(|s| {
+        let f = s.fragment_size() as u64;
+        (s.blocks() as u64 * f, s.blocks_available() as u64 * f)
+    });
+    let overlay_space = top(&mounts, "/overlay").and(overlay_space);
+    Ok(Status {
+        state,
+        mounts,
+        overlay_space,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::fit;
+
+    const MOUNTINFO: &str = "\
+22 1 0:20 / / rw,noatime - overlay ovl:persistent rw,lowerdir=/rom,upperdir=/overlay/upper,workdir=/overlay/work
+23 22 31:1 / /rom ro,relatime - squashfs /dev/mtdblock1 ro
+24 22 31:2 / /overlay rw,noatime - jffs2 /dev/mtdblock2 rw
+25 22 0:5 / /dev rw,nosuid - devtmpfs devtmpfs rw,mode=755
+26 22 0:30 / /with\\040space rw - tmpfs tmpfs rw
+";
+
+    fn status(mode: &str) -> Status {
+        let mut state = State {
+            version: 1,
+            mode: fit(mode),
+            boot: fit("initramfs"),
+            rom: Some(fit("/dev/mtdblock1")),
+            data: Some(fit("/dev/mtdblock2")),
+            data_content: Some(fit("erased")),
+            data_fstype: Some(fit("jffs2")),
+            data_action: Some(fit("mount")),
+            init: fit("/sbin/init"),
+            total_us: 12_345,
+            ..State::default()
+        };
+        state.add_step("find", 1000);
+        Status {
+            state,
+            mounts: parse_mountinfo(MOUNTINFO),
+            overlay_space: Some((4 << 20, 3 << 20)),
+        }
+    }
+
+    #[test]
+    fn mountinfo_parsing() {
+        let m = parse_mountinfo(MOUNTINFO);
+        assert_eq!(m.len(), 5);
+        assert_eq!(top(&m, "/").unwrap().source, "ovl:persistent");
+        assert_eq!(top(&m, "/overlay").unwrap().fstype, "jffs2");
+        assert_eq!(m[4].mount_point, "/with space");
+        assert!(parse_mountinfo("garbage\n").is_empty());
+    }
+
+    #[test]
+    fn json_has_stable_keys_and_exit_code_follows_mode() {
+        let s = status("persistent");
+        let j = s.to_json().unwrap();
+        for key in [
+            r#""mode":"persistent""#,
+            r#""persistent":true"#,
+            r#""reason":null"#,
+            r#""data":{"device":"/dev/mtdblock2","fstype":"jffs2","content":"erased","action":"mount"}"#,
+            r#""upper":{"mounted":true,"fstype":"jffs2","source":"/dev/mtdblock2","total_bytes":4194304,"used_bytes":1048576,"free_bytes":3145728}"#,
+            r#""root":{"fstype":"overlay","source":"ovl:persistent","read_only":false}"#,
+            r#""times":{"kernel_to_preinit_us":0,"preinit_us":12345}"#,
+        ] {
+            assert!(j.contains(key), "{key} not in {j}");
+        }
+        assert_eq!(s.exit_code(), 0);
+        assert_eq!(status("tmpfs").exit_code(), 1);
+        assert_eq!(status("failsafe").exit_code(), 1);
+    }
+
+    #[test]
+    fn text_says_what_and_why() {
+        let mut s = status("tmpfs");
+        s.state.reason = Some(fit("/dev/vda2 holds zeroes, not ext4; left untouched"));
+        let t = s.to_text();
+        assert!(t.contains("mode:    tmpfs"), "{t}");
+        assert!(t.contains("reason:  /dev/vda2 holds zeroes"), "{t}");
+        assert!(t.contains("1.0 MiB used of 4.0 MiB (25%)"), "{t}");
+    }
+}

@@ -1,0 +1,155 @@
+//! Every system call preinit makes that changes something goes through [`Sys`]: the real
+//! implementation on nix ([`real::Real`]) and a double that records the calls
+//! ([`record::Recorder`]), so the boot logic can be unit-tested without root.
+
+pub mod real;
+pub mod record;
+
+use nix::errno::Errno;
+use nix::mount::MsFlags;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A failed system call: what was asked, of what, and what the kernel said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SysError {
+    /// The call and its arguments, e.g. `mount /dev/loop3 on /overlay (ext4)`.
+    pub what: String,
+    pub errno: Option<Errno>,
+    /// Text the kernel or a program gave beside the errno (overlayfs's reason, mkfs's stderr).
+    pub detail: Option<String>,
+}
+
+impl SysError {
+    pub fn new(what: impl Into<String>, errno: Errno) -> SysError {
+        SysError {
+            what: what.into(),
+            errno: Some(errno),
+            detail: None,
+        }
+    }
+    pub fn msg(what: impl Into<String>, detail: impl Into<String>) -> SysError {
+        SysError {
+            what: what.into(),
+            errno: None,
+            detail: Some(detail.into()),
+        }
+    }
+    pub fn with_detail(mut self, detail: Option<String>) -> SysError {
+        if detail.is_some() {
+            self.detail = detail;
+        }
+        self
+    }
+}
+
+impl fmt::Display for SysError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.what)?;
+        if let Some(e) = self.errno {
+            write!(f, ": {} ({:?}", e.desc(), e)?;
+            // File systems reuse these two errnos with their own meaning; say it plainly.
+            match e {
+                Errno::EBADMSG => write!(f, ": a metadata checksum is wrong")?,
+                Errno::EUCLEAN => write!(f, ": the file system is corrupted")?,
+                _ => {}
+            }
+            write!(f, ")")?;
+        }
+        if let Some(d) = &self.detail {
+            write!(f, ": {d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SysError {}
+
+pub type SysResult<T> = Result<T, SysError>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountSpec {
+    pub source: String,
+    pub target: PathBuf,
+    pub fstype: String,
+    pub flags: MsFlags,
+    pub data: String,
+}
+
+impl fmt::Display for MountSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "mount {} on {} ({}",
+            self.source,
+            self.target.display(),
+            self.fstype
+        )?;
+        if self.flags.contains(MsFlags::MS_RDONLY) {
+            write!(f, ", ro")?;
+        }
+        if !self.data.is_empty() {
+            write!(f, ", {}", self.data)?;
+        }
+        write!(f, ")")
+    }
+}
+
+/// Whether `path` is on a ramfs or tmpfs: the kinds an initramfs root is.
+pub fn is_ram_fs(path: &Path) -> bool {
+    // RAMFS_MAGIC from include/uapi/linux/magic.h; nix names only TMPFS_MAGIC.
+    const RAMFS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0x8584_58f6);
+    nix::sys::statfs::statfs(path).is_ok_and(|s| {
+        s.filesystem_type() == RAMFS_MAGIC || s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_say_what_failed_and_why() {
+        let e = SysError::new("mount /dev/vda2 on /overlay (ext4)", Errno::EBADMSG);
+        assert_eq!(
+            e.to_string(),
+            "mount /dev/vda2 on /overlay (ext4): Not a data message (EBADMSG: a metadata checksum is wrong)"
+        );
+        let e = SysError::new("mount x", Errno::EINVAL).with_detail(Some("overlayfs: bad upper".into()));
+        assert_eq!(e.to_string(), "mount x: Invalid argument (EINVAL): overlayfs: bad upper");
+        assert_eq!(SysError::msg("run mkfs", "exit status: 1").to_string(), "run mkfs: exit status: 1");
+    }
+}
+
+/// What an MTD erase did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EraseReport {
+    pub blocks: u32,
+    pub bad_blocks: u32,
+}
+
+pub trait Sys {
+    fn mount(&mut self, m: &MountSpec) -> SysResult<()>;
+    fn umount(&mut self, target: &Path, detach: bool) -> SysResult<()>;
+    /// `mount --move`.
+    fn move_mount(&mut self, from: &Path, to: &Path) -> SysResult<()>;
+    fn mkdir_p(&mut self, path: &Path) -> SysResult<()>;
+    fn chdir(&mut self, path: &Path) -> SysResult<()>;
+    fn chroot(&mut self, path: &Path) -> SysResult<()>;
+    fn pivot_root(&mut self, new_root: &Path, put_old: &Path) -> SysResult<()>;
+    /// Deletes what lies below `root` on root's own filesystem (the initramfs being left).
+    fn free_tree(&mut self, root: &Path) -> SysResult<()>;
+    fn finit_module(&mut self, path: &Path, params: &str) -> SysResult<()>;
+    /// Runs a program to completion (mkfs.ext4), chrooted into `root` when given.
+    fn run(&mut self, root: Option<&Path>, argv: &[String]) -> SysResult<()>;
+    /// Erases a whole MTD partition through its character device, skipping bad blocks.
+    fn mtd_erase(&mut self, dev: &Path) -> SysResult<EraseReport>;
+    /// Attaches `backing` from `offset` to a free loop device (auto-clearing) and names it.
+    fn loop_attach(&mut self, backing: &Path, offset: u64) -> SysResult<PathBuf>;
+    fn write_file(&mut self, path: &Path, bytes: &[u8]) -> SysResult<()>;
+    fn exists(&mut self, path: &Path) -> bool;
+    /// Replaces this process with `path`. The real one returns only on failure; the double
+    /// returns Ok to say "exec happened".
+    fn exec(&mut self, path: &Path, argv: &[String]) -> SysResult<()>;
+    fn reboot(&mut self) -> SysResult<()>;
+}

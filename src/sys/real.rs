@@ -1,0 +1,304 @@
+//! [`Sys`] on the real kernel, through nix.
+
+use super::{EraseReport, MountSpec, Sys, SysError, SysResult};
+use nix::errno::Errno;
+use nix::libc;
+use nix::mount::{MntFlags, MsFlags};
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Default)]
+pub struct Real {
+    /// Open loop devices: auto-clear would detach them at our last close, so they stay open
+    /// (close-on-exec) until init replaces us; by then the mount holds them.
+    held: Vec<OwnedFd>,
+    /// Where device nodes are (`<target>/dev`).
+    pub dev_dir: PathBuf,
+}
+
+impl Real {
+    pub fn new(dev_dir: PathBuf) -> Real {
+        Real {
+            held: Vec::new(),
+            dev_dir,
+        }
+    }
+}
+
+fn io_errno(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn cstr(p: &Path) -> SysResult<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| {
+        SysError::new(
+            format!("path {} has a NUL byte", p.display()),
+            Errno::EINVAL,
+        )
+    })
+}
+
+impl Sys for Real {
+    fn mount(&mut self, m: &MountSpec) -> SysResult<()> {
+        let data = (!m.data.is_empty()).then_some(m.data.as_str());
+        nix::mount::mount(
+            Some(m.source.as_str()),
+            &m.target,
+            Some(m.fstype.as_str()),
+            m.flags,
+            data,
+        )
+        .map_err(|e| SysError::new(m.to_string(), e).with_detail(kernel_says(m)))
+    }
+
+    fn umount(&mut self, target: &Path, detach: bool) -> SysResult<()> {
+        let flags = if detach {
+            MntFlags::MNT_DETACH
+        } else {
+            MntFlags::empty()
+        };
+        nix::mount::umount2(target, flags)
+            .map_err(|e| SysError::new(format!("umount {}", target.display()), e))
+    }
+
+    fn move_mount(&mut self, from: &Path, to: &Path) -> SysResult<()> {
+        nix::mount::mount(Some(from), to, None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(
+            |e| {
+                SysError::new(
+                    format!("move mount {} to {}", from.display(), to.display()),
+                    e,
+                )
+            },
+        )
+    }
+
+    fn mkdir_p(&mut self, path: &Path) -> SysResult<()> {
+        std::fs::create_dir_all(path)
+            .map_err(|e| SysError::new(format!("mkdir {}", path.display()), io_errno(&e)))
+    }
+
+    fn chdir(&mut self, path: &Path) -> SysResult<()> {
+        nix::unistd::chdir(path).map_err(|e| SysError::new(format!("chdir {}", path.display()), e))
+    }
+
+    fn chroot(&mut self, path: &Path) -> SysResult<()> {
+        nix::unistd::chroot(path)
+            .map_err(|e| SysError::new(format!("chroot {}", path.display()), e))
+    }
+
+    fn pivot_root(&mut self, new_root: &Path, put_old: &Path) -> SysResult<()> {
+        nix::unistd::pivot_root(new_root, put_old).map_err(|e| {
+            SysError::new(
+                format!("pivot_root {} {}", new_root.display(), put_old.display()),
+                e,
+            )
+        })
+    }
+
+    fn free_tree(&mut self, root: &Path) -> SysResult<()> {
+        // Only ever on the initramfs: a ramfs or tmpfs. Anything else is a bug we refuse.
+        if !super::is_ram_fs(root) {
+            return Err(SysError::msg(
+                format!("free {}", root.display()),
+                "not a ramfs or tmpfs, refusing to delete it",
+            ));
+        }
+        let dev = std::fs::symlink_metadata(root)
+            .map_err(|e| SysError::new(format!("stat {}", root.display()), io_errno(&e)))?
+            .dev();
+        remove_below(root, dev);
+        Ok(())
+    }
+
+    fn finit_module(&mut self, path: &Path, params: &str) -> SysResult<()> {
+        let what = || format!("finit_module {} \"{params}\"", path.display());
+        let file = std::fs::File::open(path).map_err(|e| SysError::new(what(), io_errno(&e)))?;
+        let p = CString::new(params).map_err(|_| SysError::new(what(), Errno::EINVAL))?;
+        nix::kmod::finit_module(&file, &p, nix::kmod::ModuleInitFlags::empty())
+            .map_err(|e| SysError::new(what(), e))
+    }
+
+    fn run(&mut self, root: Option<&Path>, argv: &[String]) -> SysResult<()> {
+        let what = format!("run {}", argv.join(" "));
+        let (prog, args) = argv
+            .split_first()
+            .ok_or_else(|| SysError::msg(what.clone(), "empty command"))?;
+        let mut cmd = std::process::Command::new(prog);
+        cmd.args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        if let Some(root) = root {
+            let root = root.to_path_buf();
+            // SAFETY: between fork and exec we only make two system calls.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::unistd::chroot(&root)?;
+                    nix::unistd::chdir("/")?;
+                    Ok(())
+                });
+            }
+        }
+        let out = cmd
+            .output()
+            .map_err(|e| SysError::new(what.clone(), io_errno(&e)))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = tail[tail.len().saturating_sub(2)..].join(" / ");
+        Err(SysError::msg(what, format!("{}: {tail}", out.status)))
+    }
+
+    fn mtd_erase(&mut self, dev: &Path) -> SysResult<EraseReport> {
+        crate::mtd::erase_all(dev)
+            .map(|(blocks, bad_blocks)| EraseReport { blocks, bad_blocks })
+            .map_err(|(what, e)| SysError::new(format!("erase {}: {what}", dev.display()), e))
+    }
+
+    fn loop_attach(&mut self, backing: &Path, offset: u64) -> SysResult<PathBuf> {
+        let (path, fd) =
+            crate::loopdev::attach(&self.dev_dir, backing, offset).map_err(|(w, e)| {
+                SysError::new(format!("loop {} at {offset}: {w}", backing.display()), e)
+            })?;
+        self.held.push(fd);
+        Ok(path)
+    }
+
+    fn write_file(&mut self, path: &Path, bytes: &[u8]) -> SysResult<()> {
+        // Written beside and renamed, so a reader never sees half a file.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes)
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .map_err(|e| SysError::new(format!("write {}", path.display()), io_errno(&e)))
+    }
+
+    fn exists(&mut self, path: &Path) -> bool {
+        path.exists()
+    }
+
+    fn exec(&mut self, path: &Path, argv: &[String]) -> SysResult<()> {
+        let what = || format!("exec {}", path.display());
+        let prog = cstr(path)?;
+        let args: Vec<CString> = argv
+            .iter()
+            .map(|a| CString::new(a.as_bytes()))
+            .collect::<Result<_, _>>()
+            .map_err(|_| SysError::new(what(), Errno::EINVAL))?;
+        match nix::unistd::execv(&prog, &args) {
+            Err(e) => Err(SysError::new(what(), e)),
+            Ok(never) => match never {},
+        }
+    }
+
+    fn reboot(&mut self) -> SysResult<()> {
+        nix::unistd::sync();
+        match nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT) {
+            Err(e) => Err(SysError::new("reboot", e)),
+            Ok(never) => match never {},
+        }
+    }
+}
+
+/// Removes everything below `dir` that is on device `dev`, leaving mount points alone (as
+/// switch_root does). Errors are ignored: this only frees memory.
+fn remove_below(dir: &Path, dev: u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.dev() != dev {
+            continue;
+        }
+        if meta.is_dir() {
+            remove_below(&path, dev);
+            let _ = std::fs::remove_dir(&path);
+        } else {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+// ---- the kernel's own words for a failed mount ----
+
+const FSOPEN_CLOEXEC: libc::c_uint = 1;
+const FSCONFIG_SET_FLAG: libc::c_uint = 0;
+const FSCONFIG_SET_STRING: libc::c_uint = 1;
+const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+
+/// After mount(2) failed, tries the same mount through fsopen/fsconfig (Linux 5.2+), which
+/// hands back the kernel's explanation ("overlayfs: upper fs does not support RENAME_WHITEOUT",
+/// "jffs2: Too few erase blocks"), where mount(2) gives only an errno. Only run on failure.
+fn kernel_says(m: &MountSpec) -> Option<String> {
+    let fstype = CString::new(m.fstype.as_str()).ok()?;
+    // SAFETY: fsopen takes a NUL-terminated name and flags; it returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fsopen returned a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let set = |key: &str, value: Option<&str>| -> bool {
+        let (Ok(k), v) = (CString::new(key), value.map(CString::new)) else {
+            return false;
+        };
+        let (cmd, vptr) = match &v {
+            Some(Ok(v)) => (FSCONFIG_SET_STRING, v.as_ptr()),
+            Some(Err(_)) => return false,
+            None => (FSCONFIG_SET_FLAG, std::ptr::null()),
+        };
+        // SAFETY: fsconfig reads the two strings, which live until it returns.
+        unsafe { libc::syscall(libc::SYS_fsconfig, fd.as_raw_fd(), cmd, k.as_ptr(), vptr, 0) == 0 }
+    };
+    let mut ok = set("source", Some(&m.source));
+    if m.flags.contains(MsFlags::MS_RDONLY) {
+        ok = ok && set("ro", None);
+    }
+    for opt in m.data.split(',').filter(|o| !o.is_empty()) {
+        if !ok {
+            break;
+        }
+        ok = match opt.split_once('=') {
+            Some((k, v)) => set(k, Some(v)),
+            None => set(opt, None),
+        };
+    }
+    if ok {
+        // SAFETY: as above, no strings.
+        unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fd.as_raw_fd(),
+                FSCONFIG_CMD_CREATE,
+                std::ptr::null::<libc::c_char>(),
+                std::ptr::null::<libc::c_char>(),
+                0,
+            )
+        };
+    }
+    // Each read returns one message: "e overlayfs: ...", "w ...", "i ...".
+    let mut msgs = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        // SAFETY: reads into our buffer.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 || msgs.len() >= 4 {
+            break;
+        }
+        let text = String::from_utf8_lossy(&buf[..n as usize]);
+        if let Some(rest) = text.strip_prefix("e ").or_else(|| text.strip_prefix("w ")) {
+            msgs.push(rest.trim().to_string());
+        }
+    }
+    (!msgs.is_empty()).then(|| msgs.join("; "))
+}

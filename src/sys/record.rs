@@ -1,0 +1,110 @@
+//! A [`Sys`] that records every call as a line of text and fails the calls it is told to, so
+//! tests can assert what preinit would do to the kernel, and what it does when a call fails.
+
+use super::{EraseReport, MountSpec, Sys, SysError, SysResult};
+use nix::errno::Errno;
+use std::path::{Path, PathBuf};
+
+#[derive(Default, Debug)]
+pub struct Recorder {
+    pub calls: Vec<String>,
+    /// A call whose recorded line contains the text fails with the errno.
+    pub fail: Vec<(String, Errno)>,
+    /// Paths `exists` says are there.
+    pub existing: Vec<PathBuf>,
+    loops: u32,
+}
+
+impl Recorder {
+    pub fn new() -> Recorder {
+        Recorder::default()
+    }
+
+    pub fn failing(mut self, pattern: &str, errno: Errno) -> Recorder {
+        self.fail.push((pattern.to_string(), errno));
+        self
+    }
+
+    fn call(&mut self, line: String) -> SysResult<()> {
+        let failed = self
+            .fail
+            .iter()
+            .find(|(pat, _)| line.contains(pat.as_str()))
+            .map(|(_, e)| *e);
+        self.calls.push(line.clone());
+        match failed {
+            Some(e) => Err(SysError::new(line, e)),
+            None => Ok(()),
+        }
+    }
+
+    /// The index of the first recorded call containing `text`.
+    pub fn position(&self, text: &str) -> Option<usize> {
+        self.calls.iter().position(|c| c.contains(text))
+    }
+}
+
+impl Sys for Recorder {
+    fn mount(&mut self, m: &MountSpec) -> SysResult<()> {
+        self.call(m.to_string())
+    }
+    fn umount(&mut self, target: &Path, detach: bool) -> SysResult<()> {
+        let d = if detach { " (detach)" } else { "" };
+        self.call(format!("umount {}{d}", target.display()))
+    }
+    fn move_mount(&mut self, from: &Path, to: &Path) -> SysResult<()> {
+        self.call(format!("move {} {}", from.display(), to.display()))
+    }
+    fn mkdir_p(&mut self, path: &Path) -> SysResult<()> {
+        self.call(format!("mkdir {}", path.display()))
+    }
+    fn chdir(&mut self, path: &Path) -> SysResult<()> {
+        self.call(format!("chdir {}", path.display()))
+    }
+    fn chroot(&mut self, path: &Path) -> SysResult<()> {
+        self.call(format!("chroot {}", path.display()))
+    }
+    fn pivot_root(&mut self, new_root: &Path, put_old: &Path) -> SysResult<()> {
+        self.call(format!(
+            "pivot_root {} {}",
+            new_root.display(),
+            put_old.display()
+        ))
+    }
+    fn free_tree(&mut self, root: &Path) -> SysResult<()> {
+        self.call(format!("free {}", root.display()))
+    }
+    fn finit_module(&mut self, path: &Path, params: &str) -> SysResult<()> {
+        self.call(format!("finit_module {} \"{params}\"", path.display()))
+    }
+    fn run(&mut self, root: Option<&Path>, argv: &[String]) -> SysResult<()> {
+        let r = root
+            .map(|r| format!(" (in {})", r.display()))
+            .unwrap_or_default();
+        self.call(format!("run {}{r}", argv.join(" ")))
+    }
+    fn mtd_erase(&mut self, dev: &Path) -> SysResult<EraseReport> {
+        self.call(format!("erase {}", dev.display()))?;
+        Ok(EraseReport {
+            blocks: 4,
+            bad_blocks: 0,
+        })
+    }
+    fn loop_attach(&mut self, backing: &Path, offset: u64) -> SysResult<PathBuf> {
+        self.call(format!("loop {} offset {offset}", backing.display()))?;
+        self.loops += 1;
+        Ok(PathBuf::from(format!("/dev/loop{}", 90 + self.loops)))
+    }
+    fn write_file(&mut self, path: &Path, bytes: &[u8]) -> SysResult<()> {
+        self.call(format!("write {} ({} bytes)", path.display(), bytes.len()))
+    }
+    fn exists(&mut self, path: &Path) -> bool {
+        self.existing.iter().any(|p| p == path)
+    }
+    fn exec(&mut self, path: &Path, argv: &[String]) -> SysResult<()> {
+        self.call(format!("exec {} {:?}", path.display(), argv))
+    }
+    fn reboot(&mut self) -> SysResult<()> {
+        self.call("reboot".to_string())
+    }
+}

@@ -1,0 +1,615 @@
+//! Privileged integration tests: preinit on real mounts (loop devices, squashfs from mksquashfs,
+//! ext4 from mkfs.ext4, overlayfs, tmpfs), each boot in its own private mount namespace
+//! (`unshare --mount --propagation private`), with a stand-in init that records what it sees.
+//!
+//! They need root and the tools named in `require`; without them they fail and say what is
+//! missing (never skip silently). CI runs them as root.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const OVL: &str = env!("CARGO_BIN_EXE_ovl");
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("run sh");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn require() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the privileged tests need root (loop devices, mounts, mount namespaces): run them as root"
+    );
+    for tool in ["mksquashfs", "mkfs.ext4", "losetup", "unshare", "sgdisk", "busybox"] {
+        assert!(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {tool}"))
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false),
+            "`{tool}` is missing: install squashfs-tools, e2fsprogs, util-linux, gdisk and busybox-static"
+        );
+    }
+}
+
+/// A static build of ovl for the ROM: the stand-in init runs `ovlctl status` in the new root,
+/// which has no C library.
+fn static_ovl() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("OVL_STATIC_BIN") {
+            return PathBuf::from(p);
+        }
+        let target = format!("{}-unknown-linux-musl", std::env::consts::ARCH);
+        let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("static");
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--bin", "ovl", "--target", &target, "--target-dir"])
+            .arg(&target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo");
+        assert!(
+            status.success(),
+            "static build for {target} failed: `rustup target add {target}` is needed"
+        );
+        target_dir.join(&target).join("debug/ovl")
+    })
+    .clone()
+}
+
+/// The ROM every scenario boots: busybox, the stand-in init, a static ovlctl, one file to
+/// delete, and the mount points a rootfs boot needs.
+fn rom_image() -> PathBuf {
+    static ROM: OnceLock<PathBuf> = OnceLock::new();
+    ROM.get_or_init(|| {
+        require();
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("rom-{}", std::process::id()));
+        let tree = base.join("tree");
+        let _ = std::fs::remove_dir_all(&base);
+        for d in [
+            "bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp", "rom", "overlay", "mnt",
+        ] {
+            std::fs::create_dir_all(tree.join(d)).unwrap();
+        }
+        let busybox = sh("command -v busybox");
+        std::fs::copy(&busybox, tree.join("bin/busybox")).unwrap();
+        for applet in [
+            "sh", "cat", "echo", "ls", "rm", "mkdir", "sync", "touch", "test", "grep", "mv", "sleep", "rmdir",
+        ] {
+            std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet)).unwrap();
+        }
+        std::fs::copy(static_ovl(), tree.join("sbin/ovlctl")).unwrap();
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/init.sh"),
+            tree.join("sbin/init"),
+        )
+        .unwrap();
+        sh(&format!("chmod 755 {}/sbin/init {}/sbin/ovlctl", tree.display(), tree.display()));
+        std::fs::write(tree.join("etc/rom-file"), "from the rom\n").unwrap();
+        std::fs::create_dir_all(tree.join("etc/rom-dir")).unwrap();
+        std::fs::write(tree.join("etc/rom-dir/inner"), "inner\n").unwrap();
+        // Empty file a rootfs-boot test binds the command line onto (the ROM is read-only).
+        std::fs::write(tree.join("etc/test-cmdline"), "").unwrap();
+        let img = base.join("rom.sqfs");
+        sh(&format!(
+            "mksquashfs {} {} -noappend -quiet -comp gzip -all-root >/dev/null",
+            tree.display(),
+            img.display()
+        ));
+        img
+    })
+    .clone()
+}
+
+/// A loop device set up by the test, detached when dropped.
+struct Loop(String);
+
+impl Loop {
+    fn new(file: &Path, offset: u64, size: Option<u64>) -> Loop {
+        let limit = size.map(|s| format!("--sizelimit {s}")).unwrap_or_default();
+        Loop(sh(&format!(
+            "losetup --find --show --offset {offset} {limit} {}",
+            file.display()
+        )))
+    }
+    fn name(&self) -> &str {
+        self.0.trim_start_matches("/dev/")
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+fn mountinfo() -> String {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap()
+}
+
+fn sha(path: &Path) -> String {
+    sh(&format!("sha256sum {} | cut -d' ' -f1", path.display()))
+}
+
+/// What the stand-in init printed.
+struct Run {
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn section(&self, name: &str) -> &str {
+        let start = format!("---{name}\n");
+        let s = self.stdout.find(&start).map(|i| i + start.len()).unwrap_or(self.stdout.len());
+        let rest = &self.stdout[s..];
+        &rest[..rest.find("\n---").or_else(|| rest.find("STATUS-EXIT")).unwrap_or(rest.len())]
+    }
+    fn status(&self) -> Value {
+        let text = self.section("status");
+        let json = text.lines().next().unwrap_or("");
+        serde_json::from_str(json).unwrap_or_else(|e| {
+            panic!("status --json gave no JSON ({e}):\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr)
+        })
+    }
+    fn status_exit(&self) -> i32 {
+        let at = self.stdout.find("STATUS-EXIT:").expect("status exit printed") + 12;
+        self.stdout[at..].lines().next().unwrap().trim().parse().unwrap()
+    }
+    fn action(&self) -> &str {
+        self.section("action")
+    }
+    /// The mount on top at `point` in the new root: (fstype, source).
+    fn mount(&self, point: &str) -> Option<(String, String)> {
+        self.section("mountinfo").lines().rev().find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let mp = left.split(' ').nth(4)?;
+            let mut r = right.split(' ');
+            (mp == point).then(|| (r.next().unwrap().to_string(), r.next().unwrap().to_string()))
+        })
+    }
+    fn assert_ran_init(&self) {
+        assert!(
+            self.stdout.contains("---end"),
+            "init did not finish:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+    }
+}
+
+/// One scenario: its own directory, ROM and data images, and loop devices.
+struct Scenario {
+    dir: tempfile::TempDir,
+    mounts_before: String,
+}
+
+#[derive(Default)]
+struct Boot<'a> {
+    cmdline: String,
+    board: Option<&'a str>,
+    action: &'a str,
+    sysfs: Option<PathBuf>,
+    /// Boot from the ROM as root (chroot into it, pivot_root) instead of an initramfs.
+    rootfs_dev: Option<String>,
+}
+
+impl Scenario {
+    fn new() -> Scenario {
+        require();
+        rom_image();
+        Scenario {
+            dir: tempfile::Builder::new().prefix("ovl-test").tempdir().unwrap(),
+            mounts_before: mountinfo(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A data image of `mib` MiB filled with `byte`.
+    fn data(&self, name: &str, mib: usize, byte: u8) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, vec![byte; mib << 20]).unwrap();
+        p
+    }
+
+    fn ext4(&self, name: &str, mib: usize) -> PathBuf {
+        let p = self.data(name, mib, 0);
+        sh(&format!("mkfs.ext4 -F -q -L rootfs_data {}", p.display()));
+        p
+    }
+
+    fn boot(&self, b: Boot) -> Run {
+        let cmdline = self.path("cmdline");
+        std::fs::write(&cmdline, &b.cmdline).unwrap();
+        let target = self.path("target");
+        std::fs::create_dir_all(&target).unwrap();
+        let script = match &b.rootfs_dev {
+            None => {
+                let mut args = format!(
+                    "preinit --target {} --cmdline-file {}",
+                    target.display(),
+                    cmdline.display()
+                );
+                if let Some(board) = b.board {
+                    let bp = self.path("board.json");
+                    std::fs::write(&bp, board).unwrap();
+                    args.push_str(&format!(" --board {}", bp.display()));
+                }
+                if let Some(s) = &b.sysfs {
+                    args.push_str(&format!(" --sysfs {}", s.display()));
+                }
+                // The target plays the initramfs: a tmpfs.
+                format!(
+                    "mount -t tmpfs -o size=16m test-initramfs {t} && exec {OVL} {args} -- single",
+                    t = target.display()
+                )
+            }
+            Some(dev) => format!(
+                "mount -t squashfs -o ro {dev} {t} && mount --bind {c} {t}/etc/test-cmdline && \
+                 exec chroot {t} /sbin/ovlctl preinit --cmdline-file /etc/test-cmdline -- single",
+                t = target.display(),
+                c = cmdline.display()
+            ),
+        };
+        let out = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c", &script])
+            .env("OVL_TEST_ACTION", b.action)
+            .output()
+            .expect("run unshare");
+        let run = Run {
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        run.assert_ran_init();
+        run
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        // Every mount was made in the scenario's own namespace: the host's table is as it was.
+        assert_eq!(mountinfo(), self.mounts_before, "the host's mount table changed");
+        // Loop devices preinit attached auto-clear once their namespace is gone.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = sh(&format!("losetup -a | grep -F {} || true", self.dir.path().display()));
+            if left.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "loop devices left behind: {left}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn rom_loop() -> Loop {
+    Loop::new(&rom_image(), 0, None)
+}
+
+#[test]
+fn privileged_first_boot_formats_and_later_boots_persist() {
+    let s = Scenario::new();
+    let data = s.data("data.img", 32, 0xff);
+    let (rom, d) = (rom_loop(), Loop::new(&data, 0, None));
+    let cmdline = format!("ovl.rom={} ovl.data={}", rom.0, d.0);
+
+    let first = s.boot(Boot {
+        cmdline: cmdline.clone(),
+        action: "echo kept > /etc/written; rm /etc/rom-file; mkdir /etc/newdir; ls /etc",
+        ..Boot::default()
+    });
+    let st = first.status();
+    assert_eq!(st["mode"], "persistent", "{st}");
+    assert_eq!(st["data"]["content"], "erased");
+    assert_eq!(st["data"]["action"], "format");
+    assert_eq!(st["data"]["fstype"], "ext4");
+    assert_eq!(st["root"]["source"], "ovl:persistent");
+    assert_eq!(st["root"]["read_only"], false);
+    assert_eq!(first.status_exit(), 0);
+    assert!(first.stdout.contains("INIT-ARGS:single"));
+    assert_eq!(first.mount("/").unwrap().0, "overlay");
+    assert_eq!(first.mount("/rom").unwrap().0, "squashfs");
+    assert_eq!(first.mount("/overlay").unwrap().0, "ext4");
+    for api in ["/proc", "/sys", "/dev", "/run"] {
+        assert!(first.mount(api).is_some(), "{api} not carried into the new root");
+    }
+    assert!(!first.action().contains("rom-file"));
+
+    let second = s.boot(Boot {
+        cmdline,
+        action: "cat /etc/written; echo ETC:; ls /etc; echo ROMETC:; ls /rom/etc",
+        ..Boot::default()
+    });
+    let st = second.status();
+    assert_eq!(st["mode"], "persistent");
+    assert_eq!(st["data"]["action"], "mount");
+    assert_eq!(st["data"]["content"], "ext4");
+    let seen = second.action();
+    assert!(seen.contains("kept"), "file of the first boot lost: {seen}");
+    assert!(seen.contains("newdir"));
+    // Deleted from the ROM in the first boot: gone from /etc, still in /rom/etc.
+    let (etc, rom_etc) = seen.split_once("ROMETC:").unwrap();
+    assert!(!etc.contains("rom-file"), "whiteout lost: {seen}");
+    assert!(rom_etc.contains("rom-file"), "{seen}");
+}
+
+#[test]
+fn privileged_gpt_partition_names_are_found() {
+    let s = Scenario::new();
+    // A GPT disk: rootfs (the squashfs) and rootfs_data (blank), 16 MiB each.
+    let disk = s.data("disk.img", 40, 0);
+    sh(&format!(
+        "sgdisk -q -n 1:2048:34815 -c 1:rootfs -n 2:34816:67583 -c 2:rootfs_data {}",
+        disk.display()
+    ));
+    let (p1, p2) = (2048u64 * 512, 34816u64 * 512);
+    let size = 32768u64 * 512;
+    sh(&format!(
+        "dd if={} of={} bs=512 seek=2048 conv=notrunc status=none",
+        rom_image().display(),
+        disk.display()
+    ));
+    sh(&format!(
+        "head -c {size} /dev/zero | tr '\\0' '\\377' | dd of={} bs=512 seek=34816 conv=notrunc status=none",
+        disk.display()
+    ));
+    // The host kernel parses no partition tables: loop devices at the partitions' offsets
+    // stand in for vda1 and vda2, and a sysfs fixture carries their uevents.
+    let (rom, data) = (Loop::new(&disk, p1, Some(size)), Loop::new(&disk, p2, Some(size)));
+    let sysfs = s.path("sysfs");
+    for (dev, name) in [(rom.name(), "rootfs"), (data.name(), "rootfs_data")] {
+        let d = sysfs.join("class/block").join(dev);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("uevent"),
+            format!("MAJOR=7\nMINOR=0\nDEVNAME={dev}\nDEVTYPE=partition\nPARTN=1\nPARTNAME={name}\n"),
+        )
+        .unwrap();
+    }
+    let run = s.boot(Boot {
+        cmdline: "ovl.timeout=2".into(),
+        sysfs: Some(sysfs.clone()),
+        action: "echo gpt > /etc/gpt",
+        ..Boot::default()
+    });
+    let st = run.status();
+    assert_eq!(st["mode"], "persistent", "{st}");
+    assert!(st["rom"]["device"].as_str().unwrap().ends_with(rom.name()));
+    assert!(st["data"]["device"].as_str().unwrap().ends_with(data.name()));
+    assert_eq!(st["data"]["action"], "format");
+    let again = s.boot(Boot {
+        cmdline: "ovl.timeout=2".into(),
+        sysfs: Some(sysfs),
+        action: "cat /etc/gpt",
+        ..Boot::default()
+    });
+    assert!(again.action().contains("gpt"));
+}
+
+#[test]
+fn privileged_openwrt_x86_combined_partition() {
+    let s = Scenario::new();
+    // squashfs, then the writable area from the next 64 KiB boundary: one partition.
+    let img = s.path("combined.img");
+    let rom = std::fs::read(rom_image()).unwrap();
+    let start = rom.len().div_ceil(65536) * 65536;
+    let mut bytes = rom.clone();
+    bytes.resize(start, 0);
+    bytes.resize(start + (16 << 20), 0xff);
+    std::fs::write(&img, &bytes).unwrap();
+    let part = Loop::new(&img, 0, None);
+    let board = r#"{"name":"x86-combined","data":"after-rom","fstype":"ext4"}"#;
+    let cmdline = format!("root={}", part.0);
+    let first = s.boot(Boot {
+        cmdline: cmdline.clone(),
+        board: Some(board),
+        action: "echo combined > /etc/c",
+        ..Boot::default()
+    });
+    let st = first.status();
+    assert_eq!(st["mode"], "persistent", "{st}");
+    assert_eq!(st["data"]["action"], "format");
+    assert_eq!(st["board"], "x86-combined");
+    let second = s.boot(Boot {
+        cmdline,
+        board: Some(board),
+        action: "cat /etc/c",
+        ..Boot::default()
+    });
+    assert_eq!(second.status()["data"]["action"], "mount");
+    assert!(second.action().contains("combined"));
+    drop(part);
+    // The squashfs in front of the writable area is untouched.
+    assert_eq!(&std::fs::read(&img).unwrap()[..rom.len()], &rom[..]);
+}
+
+/// Boots on a data image and expects the tmpfs fallback with a reason containing `why`.
+fn expect_fallback(s: &Scenario, data: &Path, extra: &str, board: Option<&str>, why: &str) -> Value {
+    let (rom, d) = (rom_loop(), Loop::new(data, 0, None));
+    let run = s.boot(Boot {
+        cmdline: format!("ovl.rom={} ovl.data={} ovl.timeout=0.3 {extra}", rom.0, d.0),
+        board,
+        action: "echo volatile > /etc/v && cat /etc/v",
+        ..Boot::default()
+    });
+    let st = run.status();
+    assert_eq!(st["mode"], "tmpfs", "{st}");
+    let reason = st["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(why), "reason `{reason}` lacks `{why}`");
+    assert_eq!(st["upper"]["fstype"], "tmpfs");
+    assert_eq!(st["root"]["source"], "ovl:tmpfs");
+    assert_eq!(st["root"]["read_only"], false);
+    assert_eq!(run.status_exit(), 1);
+    // Never a read-only root: the fallback is writable.
+    assert!(run.action().contains("volatile"));
+    st
+}
+
+#[test]
+fn privileged_corrupt_partition_falls_back() {
+    let s = Scenario::new();
+    let data = s.ext4("data.img", 16);
+    sh(&format!(
+        "head -c 262144 /dev/urandom | dd of={} conv=notrunc status=none",
+        data.display()
+    ));
+    expect_fallback(&s, &data, "", None, "holds unknown, not ext4");
+}
+
+#[test]
+fn privileged_ext4_that_will_not_mount_falls_back_with_the_kernel_error() {
+    let s = Scenario::new();
+    let data = s.ext4("data.img", 16);
+    // Keep the magic, break the superblock's block count and group descriptors.
+    sh(&format!(
+        "printf '\\377\\377\\377\\377' | dd of={d} bs=1 seek=1028 conv=notrunc status=none && \
+         head -c 8192 /dev/urandom | dd of={d} bs=1 seek=4096 conv=notrunc status=none",
+        d = data.display()
+    ));
+    // The reason is the failed mount with the kernel's errno (EBADMSG: checksum, EUCLEAN:
+    // corruption, EINVAL: nonsense geometry, depending on what the damage hit first).
+    expect_fallback(&s, &data, "", None, "/overlay (ext4): ");
+}
+
+#[test]
+fn privileged_missing_partition_falls_back() {
+    let s = Scenario::new();
+    let rom = rom_loop();
+    let run = s.boot(Boot {
+        cmdline: format!("ovl.rom={} ovl.data=/dev/ovl-no-such-disk ovl.timeout=0.3", rom.0),
+        action: "touch /etc/x && echo writable",
+        ..Boot::default()
+    });
+    let st = run.status();
+    assert_eq!(st["mode"], "tmpfs");
+    assert!(st["reason"].as_str().unwrap().starts_with("no writable partition (/dev/ovl-no-such-disk)"));
+    assert!(run.action().contains("writable"));
+}
+
+#[test]
+fn privileged_zeroed_partition_falls_back() {
+    let s = Scenario::new();
+    let data = s.data("data.img", 8, 0);
+    let before = sha(&data);
+    expect_fallback(&s, &data, "", None, "holds zeroes, not ext4");
+    assert_eq!(sha(&data), before, "a zeroed partition must not be formatted unasked");
+}
+
+#[test]
+fn privileged_marked_partition_falls_back() {
+    let s = Scenario::new();
+    let data = s.data("data.img", 8, 0xff);
+    sh(&format!(
+        "printf '\\336\\255\\300\\336' | dd of={} conv=notrunc status=none",
+        data.display()
+    ));
+    expect_fallback(&s, &data, "", None, "holds marker, not ext4");
+}
+
+#[test]
+fn privileged_missing_mkfs_falls_back() {
+    let s = Scenario::new();
+    let data = s.data("data.img", 8, 0xff);
+    expect_fallback(
+        &s,
+        &data,
+        "",
+        Some(r#"{"name":"nomkfs","mkfs":"/nonexistent/mkfs.ext4"}"#),
+        "/nonexistent/mkfs.ext4 is neither in the ROM",
+    );
+}
+
+#[test]
+fn privileged_malformed_board_falls_back_naming_the_field() {
+    let s = Scenario::new();
+    let data = s.ext4("data.img", 8);
+    expect_fallback(
+        &s,
+        &data,
+        "",
+        Some(r#"{"name":"b","modules":[{"name":"a","param":"x"}]}"#),
+        "modules[0]: unknown key `param`",
+    );
+}
+
+#[test]
+fn privileged_failsafe_leaves_the_data_untouched() {
+    let s = Scenario::new();
+    let data = s.ext4("data.img", 16);
+    let before = sha(&data);
+    let (rom, d) = (rom_loop(), Loop::new(&data, 0, None));
+    let run = s.boot(Boot {
+        cmdline: format!("ovl.rom={} ovl.data={} ovl.failsafe", rom.0, d.0),
+        action: "echo failsafe-write > /etc/f && cat /etc/f",
+        ..Boot::default()
+    });
+    let st = run.status();
+    assert_eq!(st["mode"], "failsafe");
+    assert_eq!(st["reason"], "failsafe requested");
+    assert_eq!(st["data"]["device"], Value::Null);
+    assert!(run.action().contains("failsafe-write"));
+    drop(d);
+    assert_eq!(sha(&data), before, "failsafe changed the data partition");
+}
+
+#[test]
+fn privileged_volatile_boot_keeps_nothing() {
+    let s = Scenario::new();
+    let data = s.ext4("data.img", 16);
+    let (rom, d) = (rom_loop(), Loop::new(&data, 0, None));
+    let cmdline = format!("ovl.rom={} ovl.data={}", rom.0, d.0);
+    let run = s.boot(Boot {
+        cmdline: format!("{cmdline} ovl.volatile"),
+        action: "echo gone > /etc/volatile",
+        ..Boot::default()
+    });
+    assert_eq!(run.status()["mode"], "tmpfs");
+    assert_eq!(run.status()["reason"], "volatile overlay requested");
+    let next = s.boot(Boot {
+        cmdline,
+        action: "ls /etc",
+        ..Boot::default()
+    });
+    assert_eq!(next.status()["mode"], "persistent");
+    assert!(!next.action().contains("volatile"));
+}
+
+#[test]
+fn privileged_rootfs_boot_pivots_and_keeps_the_rom_at_rom() {
+    let s = Scenario::new();
+    let data = s.ext4("data.img", 16);
+    let (rom, d) = (rom_loop(), Loop::new(&data, 0, None));
+    let first = s.boot(Boot {
+        cmdline: format!("root={} ovl.data={}", rom.0, d.0),
+        rootfs_dev: Some(rom.0.clone()),
+        action: "echo pivoted > /etc/p; ls /rom/etc",
+        ..Boot::default()
+    });
+    let st = first.status();
+    assert_eq!(st["mode"], "persistent", "{st}\n{}", first.stderr);
+    assert_eq!(st["boot"], "rootfs");
+    assert_eq!(first.mount("/").unwrap(), ("overlay".to_string(), "ovl:persistent".to_string()));
+    assert_eq!(first.mount("/rom").unwrap().0, "squashfs");
+    assert!(first.action().contains("rom-file"));
+    let second = s.boot(Boot {
+        cmdline: format!("root={} ovl.data={}", rom.0, d.0),
+        rootfs_dev: Some(rom.0.clone()),
+        action: "cat /etc/p",
+        ..Boot::default()
+    });
+    assert!(second.action().contains("pivoted"));
+}

@@ -1,0 +1,13 @@
+#!/bin/sh
+# Stand-in init for the privileged tests: records what it sees in the new root on stdout,
+# then runs the scenario's action ($OVL_TEST_ACTION) and syncs.
+echo "INIT-ARGS:$*"
+echo "---mountinfo"
+cat /proc/self/mountinfo
+echo "---status"
+/sbin/ovlctl status --json
+echo "STATUS-EXIT:$?"
+echo "---action"
+if [ -n "$OVL_TEST_ACTION" ]; then eval "$OVL_TEST_ACTION"; fi
+sync
+echo "---end"
