@@ -129,8 +129,10 @@ done
 t1=$(cut -d' ' -f1 /proc/uptime)
 echo "SMOKE: loaded $n modules (uptime $t0 -> $t1 s)"
 ARCH=@ARCH@
-echo "=== /proc/mtd"
-cat /proc/mtd 2>&1
+if [ -e /proc/mtd ]; then
+  echo "=== /proc/mtd"
+  cat /proc/mtd
+fi
 echo "=== ls /sys/class/block"
 ls /sys/class/block
 echo "=== /proc/filesystems | grep -E 'jffs2|overlay|squashfs|ext4'"
@@ -152,7 +154,7 @@ if mount -t ext4 "$disk" /data; then
 else
   echo "SMOKE: ext4 mount FAILED"
 fi
-if grep -q rootfs_data /proc/mtd; then
+if [ -e /proc/mtd ] && grep -q rootfs_data /proc/mtd; then
   ro=$(sed -n 's/^mtd\([0-9]*\):.*"rootfs"$/\1/p' /proc/mtd)
   [ -n "$ro" ] && mount -t squashfs -o ro "/dev/mtdblock$ro" /rom 2>/dev/null &&
     echo "SMOKE: squashfs on mtdblock$ro OK ($(cat /rom/etc/banner))"
@@ -310,7 +312,7 @@ SMOKE: done'
       fs_checks='^nodev[[:space:]]+overlay
 squashfs
 ext4
-^vda$
+(^|[[:space:]])vda([[:space:]]|$)
 SMOKE: ext4 mount OK
 SMOKE: overlay OK
 SMOKE: done'

@@ -13,7 +13,9 @@
 #   $CACHE/kernels/amd64/vmlinux-pvh      PVH ELF (bzImage payload), only if it was seen booting
 #   $CACHE/kernels/<arch>/release         one line: the kernel release (uname -r)
 #   $CACHE/kernels/<arch>/modules/*.ko    flat, uncompressed, named <module_name>.ko
-#   $CACHE/kernels/<arch>/modules.order   module names, dependencies first (insmod in this order)
+#   $CACHE/kernels/<arch>/modules.order   module names, dependencies first (insmod in this order);
+#                                         modules/ may hold a few optional extras not listed
+#                                         here (amd64: crc32c_intel, see OPTIONAL_MODULES_amd64)
 #   $CACHE/kernels/<arch>/config          the kernel's config
 #
 # $CACHE is ${OVL_CACHE:-<repo>/.cache}. A second run only checks apt's package lists and exits;
@@ -56,6 +58,11 @@ DEFAULT_MODULES_armhf=$DEFAULT_MODULES_arm64
 # shellcheck disable=SC2034
 DEFAULT_MODULES_amd64="virtio virtio_ring virtio_pci virtio_blk loop squashfs overlay jbd2 mbcache
   crc16 crc32c_generic crc32c_intel ext4"
+# Modules copied into modules/ but left out of modules.order, because they cannot load on the
+# boards' default CPU: crc32c_intel needs SSE4.2, which QEMU's default TCG x86 CPU (qemu64)
+# lacks (insmod fails with ENODEV); crc32c_generic provides crc32c there.
+# shellcheck disable=SC2034
+OPTIONAL_MODULES_amd64="crc32c_intel"
 
 # MTD drivers built out of tree when the stock config has neither =y nor =m for them:
 #   module|config symbol|source files under drivers/mtd|object files|extra cflags
@@ -74,7 +81,8 @@ die() {
   printf '[kernel] ERROR: %s\n' "$*" >&2
   exit 1
 }
-trap 'rc=$?; printf "[kernel] ERROR: %s:%s: command failed (exit %s): %s\n" "${BASH_SOURCE[0]##*/}" "$LINENO" "$rc" "$BASH_COMMAND" >&2' ERR
+on_err() { printf '[kernel] ERROR: %s:%s: command failed (exit %s): %s\n' "${BASH_SOURCE[1]##*/}" "$2" "$1" "$3" >&2; }
+trap 'on_err $? $LINENO "$BASH_COMMAND"' ERR
 
 TMP_PATHS=()
 cleanup() {
@@ -189,6 +197,11 @@ Dir::Etc::SourceList "$PRIV_DIR/sources.list";
 Dir::Etc::SourceParts "$PRIV_DIR/sources.list.d";
 Dir::Etc::PreferencesParts "$PRIV_DIR/preferences.d";
 Acquire::Languages "none";
+Acquire::IndexTargets::deb::DEP-11::DefaultEnabled "false";
+Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled "false";
+Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled "false";
+Acquire::IndexTargets::deb::DEP-11-icons-hidpi::DefaultEnabled "false";
+Acquire::IndexTargets::deb::CNF::DefaultEnabled "false";
 APT::Sandbox::User "root";
 EOF
   [ "$(id -u)" = 0 ] || sed -i '/Sandbox/d' "$PRIV_DIR/apt.conf"
@@ -197,9 +210,21 @@ EOF
 
 priv_update() {
   [ "$PRIV_UPDATED" = 1 ] && return 0
-  log "refreshing private apt lists for ${PRIV_DIR##*/apt-} ..."
-  run_logged "apt-get update (private)" env APT_CONFIG="$PRIV_DIR/apt.conf" apt-get -q update
+  local a=${PRIV_DIR##*/apt-} out rc=0
+  log "refreshing private apt lists for $a ..."
+  out=$(env APT_CONFIG="$PRIV_DIR/apt.conf" apt-get -q update 2>&1) || rc=$?
+  printf '\n### apt-get update (private, %s)\n%s\n' "$a" "$out" >>"$LOG"
   PRIV_UPDATED=1
+  [ "$rc" = 0 ] && return 0
+  # Some indexes of some archives fail here (e.g. bookworm-security's armhf Packages comes with
+  # the wrong size); work with the indexes that did arrive.
+  ls "$PRIV_DIR/lists/"*_Packages* >/dev/null 2>&1 || {
+    printf '%s\n' "$out" | tail -n 20 | sed 's/^/[kernel]   | /' >&2
+    die "apt-get update for $a failed and no package index is available"
+  }
+  printf '%s\n' "$out" | sed -n 's/^E: Failed to fetch \([^ ]*\) *\(.*\)/\1: \2/p' | while IFS= read -r l; do
+    warn "$a: index unavailable, ignored: $l"
+  done
 }
 
 # actx CTX TOOL ARGS...: run apt tool TOOL (apt-cache, apt-get) in context CTX (sys|priv).
@@ -250,6 +275,7 @@ set_arch() {
   uc=$(printf '%s' "$A" | tr '[:lower:]' '[:upper:]')
   var=OVL_KERNEL_MODULES_$uc
   eval "WANT_MODULES=\${$var:-\$DEFAULT_MODULES_$A}"
+  eval "OPTIONAL_MODULES=\${OPTIONAL_MODULES_$A:-}"
   WANT_MODULES=$(printf '%s\n' $WANT_MODULES | paste -sd' ')
   OUT=$KDIR/$A
 }
@@ -530,7 +556,7 @@ build_arch() {
   rm -rf "$new"
   TMP_PATHS+=("$new")
   mkdir -p "$new/modules"
-  local m line path name seen=" " order=() builtin=()
+  local m line path name seen=" " order=() builtin=() optional=()
   for m in $WANT_MODULES; do
     local deps
     deps=$(modprobe -C "$W/empty-conf" -d "$root" -S "$REL" --show-depends "$m" 2>>"$LOG") ||
@@ -546,18 +572,22 @@ build_arch() {
           case $seen in *" $name "*) continue ;; esac
           seen="$seen$name "
           decompress_ko "$path" "$new/modules/$name.ko"
-          order+=("$name")
+          case " $OPTIONAL_MODULES " in
+            *" $name "*) optional+=("$name") ;;
+            *) order+=("$name") ;;
+          esac
           ;;
         builtin) builtin+=("$2") ;;
       esac
     done <<<"$deps"
   done
   printf '%s\n' "${order[@]}" >"$new/modules.order"
+  [ ${#optional[@]} = 0 ] || log "$A: in modules/ but not in modules.order (optional): ${optional[*]}"
   [ ${#builtin[@]} = 0 ] || log "$A: built into the kernel (no module needed): $(printf '%s\n' "${builtin[@]}" | sort -u | paste -sd' ')"
 
   # Every module must be for exactly this kernel.
   local vm
-  for m in "${order[@]}"; do
+  for m in "${order[@]}" ${optional[@]+"${optional[@]}"}; do
     vm=$(modinfo -F vermagic "$new/modules/$m.ko" | cut -d' ' -f1)
     [ "$vm" = "$REL" ] || die "$m.ko has vermagic '$vm', expected '$REL'"
   done
@@ -602,9 +632,11 @@ prepare_arch() {
   fi
   # Resolve in a subshell so that a failure (e.g. no network) can fall back to existing output.
   local rc=0
+  trap - ERR
   set +e
   (
     set -e
+    trap 'on_err $? $LINENO "$BASH_COMMAND"' ERR
     if [ "$CTX" = sys ]; then ensure_foreign_arch "$A"; else setup_private_apt "$A"; fi
     resolve
     PKGS_NAMES=()
@@ -614,13 +646,15 @@ prepare_arch() {
     done
     [ "$NEED_BUILD" = 1 ] && KBUILD_PKG=${PKGS_NAMES[3]}
     STAMP=$(printf 'recipe=%s\narch=%s\nrelease=%s\nversion=%s\nmodules=%s\nbuild=%s\n' \
-      "$RECIPE" "$A" "$REL" "$VER" "$WANT_MODULES" "$(printf '%s ' "${MTD_BUILD_SPECS[@]}")"
+      "$RECIPE" "$A" "$REL" "$VER" "$WANT_MODULES / $OPTIONAL_MODULES" "$(printf '%s ' "${MTD_BUILD_SPECS[@]}")"
       printf 'package=%s\n' "${PKGS[@]}")
     if [ "$FORCE" = 0 ] && [ -f "$OUT/.stamp" ] && [ "$(cat "$OUT/.stamp")" = "$STAMP" ] && outputs_ok "$OUT"; then
       log "$A: $REL ($VER) is up to date in $OUT"
       exit 0
     fi
-    if [ -f "$OUT/release" ]; then
+    if [ -f "$OUT/release" ] && [ "$(cat "$OUT/release")" = "$REL" ]; then
+      log "$A: rebuilding $REL ($VER): package version, module list or recipe changed"
+    elif [ -f "$OUT/release" ]; then
       log "$A: updating $(cat "$OUT/release") -> $REL ($VER)"
     else
       log "$A: preparing $REL ($VER)"
@@ -629,6 +663,7 @@ prepare_arch() {
   )
   rc=$?
   set -e
+  trap 'on_err $? $LINENO "$BASH_COMMAND"' ERR
   if [ "$rc" != 0 ]; then
     if outputs_ok "$OUT"; then
       warn "$A: preparing the newest kernel failed (see above); keeping the existing $(cat "$OUT/release") in $OUT"

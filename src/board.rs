@@ -479,6 +479,24 @@ mod tests {
     }
 
     #[test]
+    fn every_shipped_board_file_parses() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("board");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "json") {
+                let b = Board::load(&p.display().to_string()).unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(
+                    Some(b.name.as_str()),
+                    p.file_stem().and_then(|s| s.to_str())
+                );
+                n += 1;
+            }
+        }
+        assert!(n >= 3, "board/ should hold the emulated boards");
+    }
+
+    #[test]
     fn selectors() {
         assert_eq!(
             Selector::parse("mtd:rootfs"),

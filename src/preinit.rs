@@ -463,6 +463,10 @@ fn exec_init(
     opts: &Options,
 ) -> i32 {
     clock.state.total_us = clock.start.elapsed().as_micros() as u64;
+    clock.state.peak_rss_kib =
+        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+            .map(|u| u.max_rss().max(0) as u64)
+            .unwrap_or(0);
     write_state(sys, layout, &clock.state);
     let mut tried = Vec::new();
     for cand in [init, DEFAULT_INIT, "/etc/init", "/bin/init", "/bin/sh"] {

@@ -41,6 +41,8 @@ pub struct State {
     pub started_us: u64,
     /// From preinit's start to just before exec of init.
     pub total_us: u64,
+    /// preinit's own peak resident set (children such as mkfs not counted).
+    pub peak_rss_kib: u64,
     pub steps: heapless::Vec<Timing, 10>,
 }
 

@@ -91,6 +91,7 @@ struct RootJson<'a> {
 struct TimesJson {
     kernel_to_preinit_us: u64,
     preinit_us: u64,
+    preinit_peak_rss_kib: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -173,6 +174,7 @@ impl Status {
             times: TimesJson {
                 kernel_to_preinit_us: s.started_us,
                 preinit_us: s.total_us,
+                preinit_peak_rss_kib: s.peak_rss_kib,
             },
             steps: &s.steps,
         }
@@ -369,7 +371,7 @@ mod tests {
             r#""data":{"device":"/dev/mtdblock2","fstype":"jffs2","content":"erased","action":"mount"}"#,
             r#""upper":{"mounted":true,"fstype":"jffs2","source":"/dev/mtdblock2","total_bytes":4194304,"used_bytes":1048576,"free_bytes":3145728}"#,
             r#""root":{"fstype":"overlay","source":"ovl:persistent","read_only":false}"#,
-            r#""times":{"kernel_to_preinit_us":0,"preinit_us":12345}"#,
+            r#""times":{"kernel_to_preinit_us":0,"preinit_us":12345,"preinit_peak_rss_kib":0}"#,
         ] {
             assert!(j.contains(key), "{key} not in {j}");
         }

@@ -14,7 +14,11 @@ use std::time::{Duration, Instant};
 const OVL: &str = env!("CARGO_BIN_EXE_ovl");
 
 fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("run sh");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("run sh");
     assert!(
         out.status.success(),
         "`{cmd}` failed: {}",
@@ -28,7 +32,14 @@ fn require() {
         nix::unistd::geteuid().is_root(),
         "the privileged tests need root (loop devices, mounts, mount namespaces): run them as root"
     );
-    for tool in ["mksquashfs", "mkfs.ext4", "losetup", "unshare", "sgdisk", "busybox"] {
+    for tool in [
+        "mksquashfs",
+        "mkfs.ext4",
+        "losetup",
+        "unshare",
+        "sgdisk",
+        "busybox",
+    ] {
         assert!(
             Command::new("sh")
                 .arg("-c")
@@ -52,7 +63,15 @@ fn static_ovl() -> PathBuf {
         let target = format!("{}-unknown-linux-musl", std::env::consts::ARCH);
         let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("static");
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--bin", "ovl", "--target", &target, "--target-dir"])
+            .args([
+                "build",
+                "--quiet",
+                "--bin",
+                "ovl",
+                "--target",
+                &target,
+                "--target-dir",
+            ])
             .arg(&target_dir)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
@@ -72,7 +91,8 @@ fn rom_image() -> PathBuf {
     static ROM: OnceLock<PathBuf> = OnceLock::new();
     ROM.get_or_init(|| {
         require();
-        let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("rom-{}", std::process::id()));
+        let base =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("rom-{}", std::process::id()));
         let tree = base.join("tree");
         let _ = std::fs::remove_dir_all(&base);
         for d in [
@@ -83,7 +103,8 @@ fn rom_image() -> PathBuf {
         let busybox = sh("command -v busybox");
         std::fs::copy(&busybox, tree.join("bin/busybox")).unwrap();
         for applet in [
-            "sh", "cat", "echo", "ls", "rm", "mkdir", "sync", "touch", "test", "grep", "mv", "sleep", "rmdir",
+            "sh", "cat", "echo", "ls", "rm", "mkdir", "sync", "touch", "test", "grep", "mv",
+            "sleep", "rmdir",
         ] {
             std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet)).unwrap();
         }
@@ -93,7 +114,11 @@ fn rom_image() -> PathBuf {
             tree.join("sbin/init"),
         )
         .unwrap();
-        sh(&format!("chmod 755 {}/sbin/init {}/sbin/ovlctl", tree.display(), tree.display()));
+        sh(&format!(
+            "chmod 755 {}/sbin/init {}/sbin/ovlctl",
+            tree.display(),
+            tree.display()
+        ));
         std::fs::write(tree.join("etc/rom-file"), "from the rom\n").unwrap();
         std::fs::create_dir_all(tree.join("etc/rom-dir")).unwrap();
         std::fs::write(tree.join("etc/rom-dir/inner"), "inner\n").unwrap();
@@ -149,20 +174,40 @@ struct Run {
 impl Run {
     fn section(&self, name: &str) -> &str {
         let start = format!("---{name}\n");
-        let s = self.stdout.find(&start).map(|i| i + start.len()).unwrap_or(self.stdout.len());
+        let s = self
+            .stdout
+            .find(&start)
+            .map(|i| i + start.len())
+            .unwrap_or(self.stdout.len());
         let rest = &self.stdout[s..];
-        &rest[..rest.find("\n---").or_else(|| rest.find("STATUS-EXIT")).unwrap_or(rest.len())]
+        &rest[..rest
+            .find("\n---")
+            .or_else(|| rest.find("STATUS-EXIT"))
+            .unwrap_or(rest.len())]
     }
     fn status(&self) -> Value {
         let text = self.section("status");
         let json = text.lines().next().unwrap_or("");
         serde_json::from_str(json).unwrap_or_else(|e| {
-            panic!("status --json gave no JSON ({e}):\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr)
+            panic!(
+                "status --json gave no JSON ({e}):\nstdout:\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
         })
     }
     fn status_exit(&self) -> i32 {
-        let at = self.stdout.find("STATUS-EXIT:").expect("status exit printed") + 12;
-        self.stdout[at..].lines().next().unwrap().trim().parse().unwrap()
+        let at = self
+            .stdout
+            .find("STATUS-EXIT:")
+            .expect("status exit printed")
+            + 12;
+        self.stdout[at..]
+            .lines()
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
     }
     fn action(&self) -> &str {
         self.section("action")
@@ -207,7 +252,10 @@ impl Scenario {
         require();
         rom_image();
         Scenario {
-            dir: tempfile::Builder::new().prefix("ovl-test").tempdir().unwrap(),
+            dir: tempfile::Builder::new()
+                .prefix("ovl-test")
+                .tempdir()
+                .unwrap(),
             mounts_before: mountinfo(),
         }
     }
@@ -263,7 +311,15 @@ impl Scenario {
             ),
         };
         let out = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "--", "sh", "-c", &script])
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ])
             .env("OVL_TEST_ACTION", b.action)
             .output()
             .expect("run unshare");
@@ -282,15 +338,25 @@ impl Drop for Scenario {
             return;
         }
         // Every mount was made in the scenario's own namespace: the host's table is as it was.
-        assert_eq!(mountinfo(), self.mounts_before, "the host's mount table changed");
+        assert_eq!(
+            mountinfo(),
+            self.mounts_before,
+            "the host's mount table changed"
+        );
         // Loop devices preinit attached auto-clear once their namespace is gone.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let left = sh(&format!("losetup -a | grep -F {} || true", self.dir.path().display()));
+            let left = sh(&format!(
+                "losetup -a | grep -F {} || true",
+                self.dir.path().display()
+            ));
             if left.is_empty() {
                 break;
             }
-            assert!(Instant::now() < deadline, "loop devices left behind: {left}");
+            assert!(
+                Instant::now() < deadline,
+                "loop devices left behind: {left}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -325,7 +391,10 @@ fn privileged_first_boot_formats_and_later_boots_persist() {
     assert_eq!(first.mount("/rom").unwrap().0, "squashfs");
     assert_eq!(first.mount("/overlay").unwrap().0, "ext4");
     for api in ["/proc", "/sys", "/dev", "/run"] {
-        assert!(first.mount(api).is_some(), "{api} not carried into the new root");
+        assert!(
+            first.mount(api).is_some(),
+            "{api} not carried into the new root"
+        );
     }
     assert!(!first.action().contains("rom-file"));
 
@@ -369,14 +438,19 @@ fn privileged_gpt_partition_names_are_found() {
     ));
     // The host kernel parses no partition tables: loop devices at the partitions' offsets
     // stand in for vda1 and vda2, and a sysfs fixture carries their uevents.
-    let (rom, data) = (Loop::new(&disk, p1, Some(size)), Loop::new(&disk, p2, Some(size)));
+    let (rom, data) = (
+        Loop::new(&disk, p1, Some(size)),
+        Loop::new(&disk, p2, Some(size)),
+    );
     let sysfs = s.path("sysfs");
     for (dev, name) in [(rom.name(), "rootfs"), (data.name(), "rootfs_data")] {
         let d = sysfs.join("class/block").join(dev);
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(
             d.join("uevent"),
-            format!("MAJOR=7\nMINOR=0\nDEVNAME={dev}\nDEVTYPE=partition\nPARTN=1\nPARTNAME={name}\n"),
+            format!(
+                "MAJOR=7\nMINOR=0\nDEVNAME={dev}\nDEVTYPE=partition\nPARTN=1\nPARTNAME={name}\n"
+            ),
         )
         .unwrap();
     }
@@ -389,7 +463,10 @@ fn privileged_gpt_partition_names_are_found() {
     let st = run.status();
     assert_eq!(st["mode"], "persistent", "{st}");
     assert!(st["rom"]["device"].as_str().unwrap().ends_with(rom.name()));
-    assert!(st["data"]["device"].as_str().unwrap().ends_with(data.name()));
+    assert!(st["data"]["device"]
+        .as_str()
+        .unwrap()
+        .ends_with(data.name()));
     assert_eq!(st["data"]["action"], "format");
     let again = s.boot(Boot {
         cmdline: "ovl.timeout=2".into(),
@@ -438,7 +515,13 @@ fn privileged_openwrt_x86_combined_partition() {
 }
 
 /// Boots on a data image and expects the tmpfs fallback with a reason containing `why`.
-fn expect_fallback(s: &Scenario, data: &Path, extra: &str, board: Option<&str>, why: &str) -> Value {
+fn expect_fallback(
+    s: &Scenario,
+    data: &Path,
+    extra: &str,
+    board: Option<&str>,
+    why: &str,
+) -> Value {
     let (rom, d) = (rom_loop(), Loop::new(data, 0, None));
     let run = s.boot(Boot {
         cmdline: format!("ovl.rom={} ovl.data={} ovl.timeout=0.3 {extra}", rom.0, d.0),
@@ -490,13 +573,19 @@ fn privileged_missing_partition_falls_back() {
     let s = Scenario::new();
     let rom = rom_loop();
     let run = s.boot(Boot {
-        cmdline: format!("ovl.rom={} ovl.data=/dev/ovl-no-such-disk ovl.timeout=0.3", rom.0),
+        cmdline: format!(
+            "ovl.rom={} ovl.data=/dev/ovl-no-such-disk ovl.timeout=0.3",
+            rom.0
+        ),
         action: "touch /etc/x && echo writable",
         ..Boot::default()
     });
     let st = run.status();
     assert_eq!(st["mode"], "tmpfs");
-    assert!(st["reason"].as_str().unwrap().starts_with("no writable partition (/dev/ovl-no-such-disk)"));
+    assert!(st["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("no writable partition (/dev/ovl-no-such-disk)"));
     assert!(run.action().contains("writable"));
 }
 
@@ -506,7 +595,11 @@ fn privileged_zeroed_partition_falls_back() {
     let data = s.data("data.img", 8, 0);
     let before = sha(&data);
     expect_fallback(&s, &data, "", None, "holds zeroes, not ext4");
-    assert_eq!(sha(&data), before, "a zeroed partition must not be formatted unasked");
+    assert_eq!(
+        sha(&data),
+        before,
+        "a zeroed partition must not be formatted unasked"
+    );
 }
 
 #[test]
@@ -602,7 +695,10 @@ fn privileged_rootfs_boot_pivots_and_keeps_the_rom_at_rom() {
     let st = first.status();
     assert_eq!(st["mode"], "persistent", "{st}\n{}", first.stderr);
     assert_eq!(st["boot"], "rootfs");
-    assert_eq!(first.mount("/").unwrap(), ("overlay".to_string(), "ovl:persistent".to_string()));
+    assert_eq!(
+        first.mount("/").unwrap(),
+        ("overlay".to_string(), "ovl:persistent".to_string())
+    );
     assert_eq!(first.mount("/rom").unwrap().0, "squashfs");
     assert!(first.action().contains("rom-file"));
     let second = s.boot(Boot {

@@ -115,9 +115,16 @@ mod tests {
             e.to_string(),
             "mount /dev/vda2 on /overlay (ext4): Not a data message (EBADMSG: a metadata checksum is wrong)"
         );
-        let e = SysError::new("mount x", Errno::EINVAL).with_detail(Some("overlayfs: bad upper".into()));
-        assert_eq!(e.to_string(), "mount x: Invalid argument (EINVAL): overlayfs: bad upper");
-        assert_eq!(SysError::msg("run mkfs", "exit status: 1").to_string(), "run mkfs: exit status: 1");
+        let e = SysError::new("mount x", Errno::EINVAL)
+            .with_detail(Some("overlayfs: bad upper".into()));
+        assert_eq!(
+            e.to_string(),
+            "mount x: Invalid argument (EINVAL): overlayfs: bad upper"
+        );
+        assert_eq!(
+            SysError::msg("run mkfs", "exit status: 1").to_string(),
+            "run mkfs: exit status: 1"
+        );
     }
 }
 
