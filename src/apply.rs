@@ -2,7 +2,8 @@
 //! failed persistent attempt can be taken down before the tmpfs fallback is built.
 
 use crate::plan::Step;
-use crate::sys::{Sys, SysError};
+use crate::sys::{MountSpec, Sys, SysError};
+use nix::mount::MsFlags;
 use std::path::{Path, PathBuf};
 
 /// Mounts made so far, in order; [`undo`] takes them down in reverse.
@@ -31,27 +32,9 @@ fn step(sys: &mut dyn Sys, s: &Step, done: &mut Done) -> Result<(), SysError> {
             device,
             mkfs,
             rom,
+            dev_dir,
             label,
-        } => {
-            let in_rom = rom.join(mkfs.trim_start_matches('/'));
-            let root = if sys.exists(&in_rom) {
-                Some(rom.as_path())
-            } else if sys.exists(Path::new(mkfs)) {
-                None
-            } else {
-                return Err(SysError::msg(
-                    format!("format {device}"),
-                    format!(
-                        "{mkfs} is neither in the ROM ({}) nor in /",
-                        in_rom.display()
-                    ),
-                ));
-            };
-            // -F: never ask (a prompt once hung boots); -q: keep the console clean.
-            let argv = [mkfs, "-F", "-q", "-L", label, device].map(String::from);
-            log::info!("formatting {device} with {mkfs}");
-            sys.run(root, &argv)
-        }
+        } => format(sys, device, mkfs, rom, dev_dir, label),
         Step::Erase { char_dev } => {
             log::info!("erasing {char_dev} (reset marker found)");
             let r = sys.mtd_erase(Path::new(char_dev))?;
@@ -79,6 +62,54 @@ fn step(sys: &mut dyn Sys, s: &Step, done: &mut Done) -> Result<(), SysError> {
             sys.chroot(Path::new("."))?;
             sys.chdir(Path::new("/"))
         }
+    }
+}
+
+/// Formats `device` with mkfs.ext4: chrooted in the ROM when it ships mkfs (the initramfs
+/// then needs none), with the live /dev bound over the ROM's empty one; else from `/`.
+fn format(
+    sys: &mut dyn Sys,
+    device: &str,
+    mkfs: &str,
+    rom: &Path,
+    dev_dir: &Path,
+    label: &str,
+) -> Result<(), SysError> {
+    let in_rom = rom.join(mkfs.trim_start_matches('/'));
+    // -F: never ask (a prompt once hung boots); -q: keep the console clean.
+    let argv = |dev: &str| [mkfs, "-F", "-q", "-L", label, dev].map(String::from);
+    if sys.exists(&in_rom) {
+        let rom_dev = rom.join("dev");
+        // Inside the chroot the device is /dev/NAME whatever the target is.
+        let inner = match Path::new(device).strip_prefix(dev_dir) {
+            Ok(rel) => Path::new("/dev").join(rel).display().to_string(),
+            Err(_) => device.to_string(),
+        };
+        log::info!("formatting {device} with {mkfs} from the ROM");
+        sys.mount(&MountSpec {
+            source: dev_dir.display().to_string(),
+            target: rom_dev.clone(),
+            fstype: String::new(),
+            flags: MsFlags::MS_BIND,
+            data: String::new(),
+        })?;
+        let r = sys.run(Some(rom), &argv(&inner));
+        if let Err(e) = sys.umount(&rom_dev, false) {
+            // Left bound, it would hide nothing that matters; say so and go on.
+            log::warn!("{e}");
+        }
+        r
+    } else if sys.exists(Path::new(mkfs)) {
+        log::info!("formatting {device} with {mkfs}");
+        sys.run(None, &argv(device))
+    } else {
+        Err(SysError::msg(
+            format!("format {device}"),
+            format!(
+                "{mkfs} is neither in the ROM ({}) nor in /",
+                in_rom.display()
+            ),
+        ))
     }
 }
 
@@ -135,9 +166,10 @@ mod tests {
 
     fn format(mkfs: &str) -> Step {
         Step::Format {
-            device: "/dev/vda2".into(),
+            device: "/t/dev/vda2".into(),
             mkfs: mkfs.into(),
             rom: "/rom".into(),
+            dev_dir: "/t/dev".into(),
             label: "rootfs_data".into(),
         }
     }
@@ -149,7 +181,11 @@ mod tests {
         run(&mut r, &[format("/sbin/mkfs.ext4")], &mut Done::default()).unwrap();
         assert_eq!(
             r.calls,
-            ["run /sbin/mkfs.ext4 -F -q -L rootfs_data /dev/vda2 (in /rom)"]
+            [
+                "mount /t/dev on /rom/dev ()",
+                "run /sbin/mkfs.ext4 -F -q -L rootfs_data /dev/vda2 (in /rom)",
+                "umount /rom/dev"
+            ]
         );
     }
 
@@ -165,7 +201,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             r.calls,
-            ["run /usr/sbin/mkfs.ext4 -F -q -L rootfs_data /dev/vda2"]
+            ["run /usr/sbin/mkfs.ext4 -F -q -L rootfs_data /t/dev/vda2"]
         );
     }
 
@@ -176,7 +212,7 @@ mod tests {
         assert!(r.calls.is_empty());
         let text = e.to_string();
         assert!(
-            text.contains("/rom/sbin/mkfs.ext4") && text.contains("format /dev/vda2"),
+            text.contains("/rom/sbin/mkfs.ext4") && text.contains("format /t/dev/vda2"),
             "{text}"
         );
     }

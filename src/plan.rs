@@ -144,10 +144,12 @@ pub enum Step {
         to: PathBuf,
     },
     /// Runs mkfs.ext4 chrooted in the ROM when the ROM has it at `mkfs`, else from `/`.
+    /// `dev_dir` is bound over the ROM's empty /dev for the run.
     Format {
         device: String,
         mkfs: String,
         rom: PathBuf,
+        dev_dir: PathBuf,
         label: String,
     },
     Erase {
@@ -348,6 +350,7 @@ fn persistent_upper(input: &PlanInput, data: &DataFound) -> Result<Upper, String
                 device: dev.clone(),
                 mkfs: input.mkfs.clone(),
                 rom: input.layout.rom_dir(),
+                dev_dir: input.layout.target.join("dev"),
                 label: input.data_label.clone(),
             });
             "format"
@@ -597,6 +600,7 @@ mod tests {
                 device: "/dev/vda2".into(),
                 mkfs: "/usr/sbin/mkfs.ext4".into(),
                 rom: "/t/rom".into(),
+                dev_dir: "/t/dev".into(),
                 label: "rootfs_data".into()
             }
         );

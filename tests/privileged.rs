@@ -119,6 +119,7 @@ fn rom_image() -> PathBuf {
             tree.display(),
             tree.display()
         ));
+        copy_with_libs("/usr/sbin/mkfs.ext4", &tree);
         std::fs::write(tree.join("etc/rom-file"), "from the rom\n").unwrap();
         std::fs::create_dir_all(tree.join("etc/rom-dir")).unwrap();
         std::fs::write(tree.join("etc/rom-dir/inner"), "inner\n").unwrap();
@@ -133,6 +134,24 @@ fn rom_image() -> PathBuf {
         img
     })
     .clone()
+}
+
+/// Copies a dynamic program and the libraries `ldd` names into the ROM tree, at their paths,
+/// so that preinit can run it chrooted in the ROM as it does on a device.
+fn copy_with_libs(prog: &str, tree: &Path) {
+    let mut files = vec![prog.to_string()];
+    for line in sh(&format!("ldd {prog}")).lines() {
+        let path = line
+            .split_whitespace()
+            .find(|w| w.starts_with('/'))
+            .map(str::to_string);
+        files.extend(path);
+    }
+    for f in files {
+        let dst = tree.join(f.trim_start_matches('/'));
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(&f, &dst).unwrap_or_else(|e| panic!("copy {f}: {e}"));
+    }
 }
 
 /// A loop device set up by the test, detached when dropped.
@@ -380,6 +399,13 @@ fn privileged_first_boot_formats_and_later_boots_persist() {
     });
     let st = first.status();
     assert_eq!(st["mode"], "persistent", "{st}");
+    assert!(
+        first
+            .stderr
+            .contains("with /usr/sbin/mkfs.ext4 from the ROM"),
+        "{}",
+        first.stderr
+    );
     assert_eq!(st["data"]["content"], "erased");
     assert_eq!(st["data"]["action"], "format");
     assert_eq!(st["data"]["fstype"], "ext4");
@@ -454,12 +480,20 @@ fn privileged_gpt_partition_names_are_found() {
         )
         .unwrap();
     }
+    // The ROM ships /usr/sbin/mkfs.ext4 only: this one comes from the initramfs's own /.
+    let board = r#"{"name":"gpt","mkfs":"/sbin/mkfs.ext4"}"#;
     let run = s.boot(Boot {
         cmdline: "ovl.timeout=2".into(),
+        board: Some(board),
         sysfs: Some(sysfs.clone()),
         action: "echo gpt > /etc/gpt",
         ..Boot::default()
     });
+    assert!(
+        run.stderr.contains("with /sbin/mkfs.ext4\n"),
+        "{}",
+        run.stderr
+    );
     let st = run.status();
     assert_eq!(st["mode"], "persistent", "{st}");
     assert!(st["rom"]["device"].as_str().unwrap().ends_with(rom.name()));
