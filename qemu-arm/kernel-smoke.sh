@@ -276,7 +276,7 @@ boot() {
 }
 
 smoke_arch() {
-  local a=$1 kd=$KDIR/$1 initrd disk flash fs_checks qemu
+  local a=$1 kd=$KDIR/$1 initrd disk flash fs_checks qemu con
   initrd=$SMOKE/initrd-$a.cpio.gz
   disk=$SMOKE/disk-$a.img
   make_initrd "$a" "$initrd"

@@ -37,7 +37,7 @@
 set -Eeuo pipefail
 
 # Bump when the way outputs are produced changes, so cached outputs get rebuilt.
-RECIPE=4
+RECIPE=5
 
 SELF_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd -- "$SELF_DIR/.." && pwd)
@@ -63,16 +63,22 @@ DEFAULT_MODULES_amd64="virtio virtio_ring virtio_pci virtio_blk loop squashfs ov
 # lacks (insmod fails with ENODEV); crc32c_generic provides crc32c there.
 # shellcheck disable=SC2034
 OPTIONAL_MODULES_amd64="crc32c_intel"
+# Same for crc32_arm_ce (a soft dependency of jbd2/ext4 via crypto-crc32c on armmp): it needs the
+# ARMv8 CRC32 instructions, which the board's cortex-a15 lacks.
+# shellcheck disable=SC2034
+OPTIONAL_MODULES_armhf="crc32_arm_ce"
 
-# MTD drivers built out of tree when the stock config has neither =y nor =m for them:
-#   module|config symbol|source files under drivers/mtd|object files|extra cflags
+# MTD drivers built out of tree when the stock config lacks (neither =y nor =m) any of the
+# listed config symbols; the -D flags turn on what is missing (physmap: armmp ships physmap.ko
+# without device-tree support, which the virt board's flash needs):
+#   module|config symbols|source files under drivers/mtd|object files|extra cflags
 MTD_BUILD_SPECS=(
   "cmdlinepart|MTD_CMDLINE_PARTS|parsers/cmdlinepart.c|cmdlinepart.o|"
   "cfi_util|MTD_CFI_UTIL|chips/cfi_util.c|cfi_util.o|"
   "gen_probe|MTD_GEN_PROBE|chips/gen_probe.c|gen_probe.o|"
   "cfi_probe|MTD_CFI|chips/cfi_probe.c|cfi_probe.o|"
   "cfi_cmdset_0001|MTD_CFI_INTELEXT|chips/cfi_cmdset_0001.c chips/fwh_lock.h|cfi_cmdset_0001.o|"
-  "physmap|MTD_PHYSMAP|maps/physmap-core.c maps/physmap-*.h|physmap-core.o|-DCONFIG_MTD_PHYSMAP_OF=1"
+  "physmap|MTD_PHYSMAP MTD_PHYSMAP_OF|maps/physmap-core.c maps/physmap-*.h|physmap-core.o|-DCONFIG_MTD_PHYSMAP_OF=1"
 )
 
 log() { printf '[kernel] %s\n' "$*" >&2; }
@@ -80,6 +86,13 @@ warn() { printf '[kernel] WARNING: %s\n' "$*" >&2; }
 die() {
   printf '[kernel] ERROR: %s\n' "$*" >&2
   exit 1
+}
+# die_unavailable: the packages could not be resolved or fetched (network, archive, apt lists);
+# an arch that was prepared before is then kept instead of failing.
+EX_UNAVAILABLE=75
+die_unavailable() {
+  printf '[kernel] ERROR: %s\n' "$*" >&2
+  exit "$EX_UNAVAILABLE"
 }
 on_err() { printf '[kernel] ERROR: %s:%s: command failed (exit %s): %s\n' "${BASH_SOURCE[1]##*/}" "$2" "$1" "$3" >&2; }
 trap 'on_err $? $LINENO "$BASH_COMMAND"' ERR
@@ -126,8 +139,14 @@ APT_UPDATED=0
 apt_update() {
   [ "$APT_UPDATED" = 1 ] && return 0
   log "refreshing apt package lists (apt-get update) ..."
-  run_logged "apt-get update" as_root apt-get "${apt_opts[@]}" update
+  local out rc=0
+  out=$(as_root apt-get "${apt_opts[@]}" update 2>&1) || rc=$?
+  printf '\n### apt-get update\n%s\n' "$out" >>"$LOG"
   APT_UPDATED=1
+  [ "$rc" = 0 ] && return 0
+  # apt-get update fails as a whole when one index fails; what did arrive is still usable.
+  printf '%s\n' "$out" | grep -E '^(E|W|Err):' | sed 's/^/[kernel]   | /' >&2 || true
+  warn "apt-get update reported errors (exit $rc); continuing with the package lists apt has"
 }
 
 is_installed() { dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q ' ok installed$'; }
@@ -205,7 +224,11 @@ Acquire::IndexTargets::deb::CNF::DefaultEnabled "false";
 APT::Sandbox::User "root";
 EOF
   [ "$(id -u)" = 0 ] || sed -i '/Sandbox/d' "$PRIV_DIR/apt.conf"
-  if ! ls "$PRIV_DIR/lists/"*_Packages* >/dev/null 2>&1; then priv_update; fi
+  # Nobody else refreshes these lists: do it when missing or older than a day.
+  if ! ls "$PRIV_DIR/lists/"*_Packages* >/dev/null 2>&1 ||
+    [ -z "$(find "$PRIV_DIR/updated" -mmin -1440 2>/dev/null)" ]; then
+    priv_update
+  fi
 }
 
 priv_update() {
@@ -215,6 +238,8 @@ priv_update() {
   out=$(env APT_CONFIG="$PRIV_DIR/apt.conf" apt-get -q update 2>&1) || rc=$?
   printf '\n### apt-get update (private, %s)\n%s\n' "$a" "$out" >>"$LOG"
   PRIV_UPDATED=1
+  touch "$PRIV_DIR/updated"
+  printf '%s\n' "$out" | sed -n 's/^E: Failed to fetch \([^ ]*\) *\(.*\)/\1: \2/p' >"$PRIV_DIR/failed-indexes"
   [ "$rc" = 0 ] && return 0
   # Some indexes of some archives fail here (e.g. bookworm-security's armhf Packages comes with
   # the wrong size); work with the indexes that did arrive.
@@ -222,9 +247,7 @@ priv_update() {
     printf '%s\n' "$out" | tail -n 20 | sed 's/^/[kernel]   | /' >&2
     die "apt-get update for $a failed and no package index is available"
   }
-  printf '%s\n' "$out" | sed -n 's/^E: Failed to fetch \([^ ]*\) *\(.*\)/\1: \2/p' | while IFS= read -r l; do
-    warn "$a: index unavailable, ignored: $l"
-  done
+  while IFS= read -r l; do warn "$a: index unavailable, ignored: $l"; done <"$PRIV_DIR/failed-indexes"
 }
 
 # actx CTX TOOL ARGS...: run apt tool TOOL (apt-cache, apt-get) in context CTX (sys|priv).
@@ -349,7 +372,7 @@ resolve() {
   if resolve_once; then return 0; fi
   ctx_update "$CTX"
   [ "$CTX" = priv ] && apt_update
-  resolve_once || die "$A: could not resolve a consistent Debian kernel set for flavour $FLAV (image$([ "$NEED_BUILD" = 1 ] && echo ', headers, kbuild, linux-source') of one version) from apt"
+  resolve_once || die_unavailable "$A: could not resolve a consistent Debian kernel set for flavour $FLAV (image$([ "$NEED_BUILD" = 1 ] && echo ', headers, kbuild, linux-source') of one version) from apt"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -366,7 +389,7 @@ fetch_debs() {
     arch=$(field "$ctx" "$name$q=$ver" Architecture)
     sha=$(field "$ctx" "$name$q=$ver" SHA256)
     size=$(field "$ctx" "$name$q=$ver" Size)
-    [ -n "$arch" ] && [ -n "$sha" ] || die "apt knows no $name$q=$ver"
+    [ -n "$arch" ] && [ -n "$sha" ] || die_unavailable "apt knows no $name$q=$ver"
     file=${name}_${ver//:/%3a}_$arch.deb
     have=0
     if [ -f "$KDIR/debs/$file" ]; then
@@ -383,7 +406,7 @@ fetch_debs() {
       while ! (cd "$KDIR/debs" && actx "$ctx" apt-get "${apt_opts[@]}" download "$name$q=$ver") >>"$LOG" 2>&1; do
         [ "$retried" = 0 ] || {
           tail -n 20 "$LOG" | sed 's/^/[kernel]   | /' >&2
-          die "downloading $name$q=$ver failed; full log: $LOG"
+          die_unavailable "downloading $name$q=$ver failed; full log: $LOG"
         }
         retried=1
         warn "download of $name failed; refreshing package lists and retrying"
@@ -414,7 +437,11 @@ cfg_state() { # cfg_state CONFIG SYMBOL -> y, m or n
 }
 
 build_mtd_modules() { # $1 build dir, $2 extracted root; prints nothing; leaves .ko in $1/mtd
-  local W=$1 root=$2 cfg=$2/boot/config-$REL hdrdir spec mod sym files objs flags f built=()
+  local target_bits=32
+  local W=$1 root=$2 cfg=$2/boot/config-$REL hdrdir spec mod sym syms files objs flags f built=()
+  case $W in *[[:space:]]*) die "kbuild cannot build in a path with white space: $W (set OVL_CACHE)" ;; esac
+  # Keep the caller's make/kbuild settings (e.g. MAKEFLAGS from an outer make, LLVM=1) out.
+  unset KBUILD_OUTPUT KBUILD_EXTMOD KCFLAGS KCPPFLAGS KAFLAGS LLVM LLVM_IAS MAKEFLAGS MFLAGS MAKELEVEL
   hdrdir=$root/usr/src/linux-headers-$REL
   [ -f "$hdrdir/Makefile" ] || die "headers for $REL missing in the headers deb"
   # The arch headers' Makefile includes the common headers by absolute /usr/src path.
@@ -427,8 +454,10 @@ build_mtd_modules() { # $1 build dir, $2 extracted root; prints nothing; leaves 
   mkdir -p "$W/mtd"
   : >"$kb"
   for spec in "${MTD_BUILD_SPECS[@]}"; do
-    IFS='|' read -r mod sym files objs flags <<<"$spec"
-    [ "$(cfg_state "$cfg" "$sym")" = n ] || continue
+    IFS='|' read -r mod syms files objs flags <<<"$spec"
+    local need=0
+    for sym in $syms; do [ "$(cfg_state "$cfg" "$sym")" != n ] || need=1; done
+    [ "$need" = 1 ] || continue
     for f in $files; do
       # shellcheck disable=SC2086
       cp $W/src/drivers/mtd/$f "$W/mtd/" || die "source file drivers/mtd/$f missing in linux-source"
@@ -462,6 +491,16 @@ build_mtd_modules() { # $1 build dir, $2 extracted root; prints nothing; leaves 
   ensure_pkgs make "${cc_pkgs[@]}" $kdeps
   command -v "${cross}gcc-$gccver" >/dev/null || die "${cross}gcc-$gccver not found after installing ${cc_pkgs[*]}"
 
+  # Debian's kbuild modpost is compiled with the build host's struct layouts for device-ID
+  # tables; for a target of another word size (armhf on amd64) it rejects any module with an
+  # of_device_id table. Rebuild modpost from linux-source with the target's layouts.
+  local host_bits
+  host_bits=$(getconf LONG_BIT)
+  [ "$(cfg_state "$cfg" 64BIT)" = y ] && target_bits=64
+  if [ -n "$cross" ] && [ "$host_bits" != "$target_bits" ]; then
+    rebuild_modpost "$W" "$hdrdir" "$cross" "$gccver"
+  fi
+
   log "building MTD modules for $A: ${built[*]} ..."
   run_logged "make modules ($A)" make -C "$hdrdir" M="$W/mtd" ARCH="$KARCH" CROSS_COMPILE="$cross" \
     -j"$JOBS" modules
@@ -470,6 +509,35 @@ build_mtd_modules() { # $1 build dir, $2 extracted root; prints nothing; leaves 
   done
   run_logged "strip modules" "${cross}strip" --strip-debug "$W"/mtd/*.ko
   BUILT_MODULES=("${built[@]}")
+}
+
+# rebuild_modpost BUILDDIR HDRDIR CROSS GCCVER: modpost for the target's ELF class and
+# device-table layouts (what the kernel's scripts/mod/Makefile does), installed over the
+# extracted kbuild's modpost.
+rebuild_modpost() {
+  local W=$1 hdrdir=$2 cross=$3 gccver=$4 M=$1/src/scripts/mod d=$1/modpost
+  log "$A: rebuilding modpost for a $target_bits-bit target ..."
+  ensure_pkgs gcc libc6-dev
+  rm -rf "$d"
+  mkdir -p "$d/dto"
+  run_logged "compile empty.o" "${cross}gcc-$gccver" -c -o "$d/empty.o" "$M/empty.c"
+  run_logged "compile mk_elfconfig" gcc -O2 -o "$d/mk_elfconfig" "$M/mk_elfconfig.c"
+  "$d/mk_elfconfig" <"$d/empty.o" >"$M/elfconfig.h"
+  cp "$M/devicetable-offsets.c" "$d/dto/"
+  echo 'obj-m :=' >"$d/dto/Kbuild"
+  run_logged "compile devicetable-offsets.s" make -C "$hdrdir" M="$d/dto" ARCH="$KARCH" \
+    CROSS_COMPILE="$cross" devicetable-offsets.s
+  {
+    echo '#ifndef __DEVICETABLE_OFFSETS_H__'
+    echo '#define __DEVICETABLE_OFFSETS_H__'
+    # the sed-offsets expression of the kernel's Kbuild.include
+    sed -ne 's:^[[:space:]]*\.ascii[[:space:]]*"\(.*\)".*:\1:; /^->/{s:->#\(.*\):/* \1 */:; s:^->\([^ ]*\) [\$#]*\([^ ]*\) \(.*\):#define \1 \2 /* \3 */:; s:->::; p;}' \
+      "$d/dto/devicetable-offsets.s"
+    echo '#endif'
+  } >"$M/devicetable-offsets.h"
+  grep -q '^#define SIZE_of_device_id ' "$M/devicetable-offsets.h" || die "could not generate devicetable-offsets.h"
+  run_logged "compile modpost" gcc -O2 -o "$d/modpost" "$M/modpost.c" "$M/file2alias.c" "$M/sumversion.c"
+  cp "$d/modpost" "$hdrdir/scripts/mod/modpost"
 }
 
 # decompress_ko SRC DST
@@ -539,7 +607,8 @@ build_arch() {
       sh "$(deb_of "${PKGS_NAMES[4]}")" "$W"
     local tarball
     tarball=$(ls "$W"/usr/src/linux-source-*.tar.* | head -n1)
-    run_logged "extract drivers/mtd" tar -xf "$tarball" -C "$W/src" --strip-components=1 --wildcards '*/drivers/mtd/*'
+    run_logged "extract drivers/mtd" tar -xf "$tarball" -C "$W/src" --strip-components=1 --wildcards \
+      '*/drivers/mtd/*' '*/scripts/mod/*' '*/include/linux/license.h' '*/include/linux/mod_devicetable.h'
     rm -f "$tarball"
     build_mtd_modules "$W" "$root"
     if [ ${#BUILT_MODULES[@]} -gt 0 ]; then
@@ -613,7 +682,10 @@ build_arch() {
   [ ! -e "$OUT" ] || mv "$OUT" "$KDIR/.$A.old"
   mv "$new" "$OUT"
   rm -rf "$KDIR/.$A.old"
-  if [ "${OVL_KERNEL_KEEP_BUILD:-0}" != 1 ]; then rm -rf "$W"; fi
+  if [ "${OVL_KERNEL_KEEP_BUILD:-0}" != 1 ]; then
+    rm -rf "$W"
+    rmdir "$KDIR/build" 2>/dev/null || true
+  fi
   log "$A: ready: $OUT ($REL, ${#order[@]} modules: ${order[*]})"
 }
 
@@ -639,6 +711,17 @@ prepare_arch() {
     trap 'on_err $? $LINENO "$BASH_COMMAND"' ERR
     if [ "$CTX" = sys ]; then ensure_foreign_arch "$A"; else setup_private_apt "$A"; fi
     resolve
+    if [ "$CTX" = priv ]; then
+      # Tell when the private indexes lag behind the host's (e.g. a security index failed).
+      local newest
+      newest=$(actx sys apt-cache policy "linux-source-$(printf '%s' "$VER" | sed -E 's/^([0-9]+\.[0-9]+).*/\1/')" 2>/dev/null |
+        sed -n 's/^  Candidate: //p' | grep -vx '(none)' || true)
+      if [ -n "$newest" ] && dpkg --compare-versions "$VER" lt "$newest"; then
+        warn "$A: using $VER, older than $newest (the host's newest linux-source): the $A indexes that would carry it are not available"
+        [ "$PRIV_UPDATED" = 1 ] || [ ! -s "$PRIV_DIR/failed-indexes" ] ||
+          while IFS= read -r l; do warn "$A: failed index: $l"; done <"$PRIV_DIR/failed-indexes"
+      fi
+    fi
     PKGS_NAMES=()
     for e in "${PKGS[@]}"; do
       IFS='|' read -r _ n _ _ <<<"$e"
@@ -665,8 +748,8 @@ prepare_arch() {
   set -e
   trap 'on_err $? $LINENO "$BASH_COMMAND"' ERR
   if [ "$rc" != 0 ]; then
-    if outputs_ok "$OUT"; then
-      warn "$A: preparing the newest kernel failed (see above); keeping the existing $(cat "$OUT/release") in $OUT"
+    if [ "$rc" = "$EX_UNAVAILABLE" ] && outputs_ok "$OUT"; then
+      warn "$A: the newest kernel packages are unavailable (see above); keeping the existing $(cat "$OUT/release") in $OUT"
       return 0
     fi
     die "$A: failed (see messages above; log: $LOG)"
