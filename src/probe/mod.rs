@@ -231,11 +231,42 @@ fn identify_data(hit: &Hit, src: &Sources) -> Result<DataFound, String> {
     };
     let head = read_head(&read_from, PROBE_BYTES)
         .map_err(|e| format!("read {}: {e}", read_from.display()))?;
+    let mut content = identify(&head);
+    if let (Content::Erased, Hit::Mtd(m)) = (&content, hit) {
+        content = first_used_block(&read_from, m.size, m.erasesize);
+    }
     Ok(DataFound {
         device: dev.display().to_string(),
         kind,
-        content: identify(&head),
+        content,
     })
+}
+
+/// JFFS2 writes its first node into whichever erase block it picks, so an erased first block
+/// does not make an erased partition. Looks at the start of every block: erased only if all
+/// are; JFFS2 if a block starts with a node; else what the first used block holds.
+fn first_used_block(dev: &Path, size: u64, erasesize: u32) -> Content {
+    let Ok(mut f) = std::fs::File::open(dev) else {
+        return Content::Erased;
+    };
+    let step = u64::from(erasesize.max(4096));
+    let mut first_other = None;
+    let mut off = step;
+    while off < size {
+        let mut head = [0u8; 16];
+        if f.seek(SeekFrom::Start(off)).is_err() || f.read_exact(&mut head).is_err() {
+            break;
+        }
+        match identify(&head) {
+            Content::Erased => {}
+            Content::Jffs2 => return Content::Jffs2,
+            other => {
+                first_other.get_or_insert(other);
+            }
+        }
+        off += step;
+    }
+    first_other.unwrap_or(Content::Erased)
 }
 
 /// The OpenWrt x86 layout: the writable area starts after the squashfs, rounded up to 64 KiB,
@@ -389,6 +420,25 @@ mod tests {
             &mut Recorder::new(),
         );
         assert!(found.data.unwrap().device.ends_with("dev/sdb1"));
+    }
+
+    #[test]
+    fn jffs2_past_an_erased_first_block_is_jffs2() {
+        let f = Fixture::new();
+        // /proc/mtd says 16 MiB with 256 KiB blocks; the fixture holds three blocks.
+        let mut data = vec![0xffu8; 3 * 0x40000];
+        data[2 * 0x40000..2 * 0x40000 + 2].copy_from_slice(&[0x85, 0x19]);
+        f.mtd(&[("rootfs", &squashfs(100, 4096)), ("rootfs_data", &data)]);
+        let w = wanted(Some("mtd:rootfs"), Some("mtd:rootfs_data"), 100);
+        let found = find(&w, &f.src, &mut Recorder::new());
+        assert_eq!(found.data.unwrap().content, Content::Jffs2);
+        // All blocks erased: erased.
+        f.mtd(&[
+            ("rootfs", &squashfs(100, 4096)),
+            ("rootfs_data", &vec![0xff; 3 * 0x40000]),
+        ]);
+        let found = find(&w, &f.src, &mut Recorder::new());
+        assert_eq!(found.data.unwrap().content, Content::Erased);
     }
 
     #[test]

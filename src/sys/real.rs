@@ -180,7 +180,9 @@ impl Sys for Real {
     }
 
     fn exists(&mut self, path: &Path) -> bool {
-        path.exists()
+        // lstat: an absolute symlink inside the ROM points into the ROM once chrooted there,
+        // not into the initramfs we look from.
+        std::fs::symlink_metadata(path).is_ok()
     }
 
     fn exec(&mut self, path: &Path, argv: &[String]) -> SysResult<()> {
