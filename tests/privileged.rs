@@ -448,9 +448,14 @@ fn privileged_gpt_partition_names_are_found() {
     // A GPT disk: rootfs (the squashfs) and rootfs_data (blank), 16 MiB each.
     let disk = s.data("disk.img", 40, 0);
     sh(&format!(
-        "sgdisk -q -n 1:2048:34815 -c 1:rootfs -n 2:34816:67583 -c 2:rootfs_data {}",
+        "sgdisk -n 1:2048:34815 -c 1:rootfs -n 2:34816:67583 -c 2:rootfs_data {}",
         disk.display()
     ));
+    let table = sh(&format!("sgdisk -p {}", disk.display()));
+    assert!(
+        table.contains("rootfs_data") && table.contains(" rootfs\n"),
+        "{table}"
+    );
     let (p1, p2) = (2048u64 * 512, 34816u64 * 512);
     let size = 32768u64 * 512;
     sh(&format!(

@@ -1,0 +1,55 @@
+# The emulated boards: what each one needs to build and boot. Sourced by build.sh, boot.sh
+# and run. A board's name is its board file's name (board/NAME.json).
+
+BOARDS="qemu-aarch64-nor qemu-x86_64-disk qemu-x86_64-combined"
+DEFAULT_BOARD=qemu-aarch64-nor
+
+# NOR layout on the aarch64 virt board: two 64 MiB CFI banks that physmap shows as one MTD
+# "0.flash"; we only give bank 1 (bank 0 with -kernel is taken as firmware and hangs the guest).
+# Its first 16 MiB are the ROM, the other 48 MiB rootfs_data, as /proc/mtd shows on a router.
+NOR_MTDPARTS="0.flash:64m(bank0)ro,16m(rootfs)ro,-(rootfs_data)"
+NOR_MTDPARTS_NO_DATA="0.flash:64m(bank0)ro,16m(rootfs)ro"
+NOR_ROM_MIB=16
+NOR_BANK_MIB=64
+# GPT disk: 1 MiB of table, the ROM partition, the data partition, room for the backup table.
+DISK_ROM_MIB=32
+DISK_DATA_MIB=64
+COMBINED_PART_MIB=96
+
+board_vars() {
+    BOARD=$1
+    case $BOARD in
+    qemu-aarch64-nor)
+        ARCH=arm64
+        RUST_TARGET=aarch64-unknown-linux-musl
+        QEMU=qemu-system-aarch64
+        QEMU_MACHINE="-M virt -cpu cortex-a53"
+        CONSOLE=ttyAMA0
+        STORAGE=nor
+        # cmdlinepart is a module: preinit passes it this (the kernel would not).
+        APPEND="cmdlinepart.mtdparts=$NOR_MTDPARTS"
+        ;;
+    qemu-x86_64-disk)
+        ARCH=amd64
+        RUST_TARGET=x86_64-unknown-linux-musl
+        QEMU=qemu-system-x86_64
+        QEMU_MACHINE="-M pc"
+        CONSOLE=ttyS0
+        STORAGE=gpt
+        APPEND=""
+        ;;
+    qemu-x86_64-combined)
+        ARCH=amd64
+        RUST_TARGET=x86_64-unknown-linux-musl
+        QEMU=qemu-system-x86_64
+        QEMU_MACHINE="-M pc"
+        CONSOLE=ttyS0
+        STORAGE=combined
+        APPEND=""
+        ;;
+    *)
+        echo "unknown board '$BOARD' (boards: $BOARDS)" >&2
+        return 1
+        ;;
+    esac
+}

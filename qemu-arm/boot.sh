@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# qemu-arm/boot.sh BOARD [--storage FILE] [--append WORDS] [--no-data] [--memory MIB]
+# Boots a built board (build.sh) under QEMU (TCG) on the serial console, which is this
+# terminal (Ctrl-A X quits). The flash or disk is FILE (default: the board's working copy in
+# $CACHE/run/BOARD, made from the pristine image on first use), so what the guest writes stays
+# for the next boot.
+#   --append WORDS  more kernel command line (ovl.failsafe, ovl.volatile, ...)
+#   --no-data       the board without its writable partition (NOR: mtdparts without it)
+#   --initrd FILE   another initramfs (the benchmark's busybox baseline)
+set -euo pipefail
+HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd -- "$HERE/.." && pwd)
+CACHE=${OVL_CACHE:-$REPO/.cache}
+OVL_STEP=boot
+. "$REPO/scripts/lib.sh"
+. "$HERE/boards.sh"
+
+board_vars "${1:-$DEFAULT_BOARD}" || exit 2
+[ $# -gt 0 ] && shift
+storage="" extra="" no_data=0 mem=256 initrd=""
+while [ $# -gt 0 ]; do
+    case $1 in
+    --storage) storage=$2; shift 2 ;;
+    --append) extra="$extra $2"; shift 2 ;;
+    --no-data) no_data=1; shift ;;
+    --memory) mem=$2; shift 2 ;;
+    --initrd) initrd=$2; shift 2 ;;
+    *) die "unknown option $1" ;;
+    esac
+done
+img=$CACHE/images/$BOARD
+[ -f "$img/initramfs.cpio.gz" ] || die "board $BOARD is not built: run qemu-arm/build.sh $BOARD"
+[ -n "$initrd" ] || initrd=$img/initramfs.cpio.gz
+if [ -z "$storage" ]; then
+    storage=$CACHE/run/$BOARD/storage.img
+    if [ ! -f "$storage" ]; then
+        mkdir -p "$(dirname "$storage")"
+        cp "$img/storage.img" "$storage"
+    fi
+fi
+
+append="console=$CONSOLE panic=-1 $APPEND"
+drive=()
+case $STORAGE in
+nor)
+    [ $no_data = 1 ] && append="console=$CONSOLE panic=-1 cmdlinepart.mtdparts=$NOR_MTDPARTS_NO_DATA"
+    drive=(-drive "if=pflash,unit=1,format=raw,file=$storage")
+    ;;
+gpt | combined)
+    drive=(-drive "if=none,id=disk0,format=raw,cache=writeback,file=$storage"
+        -device "virtio-blk-pci,drive=disk0,serial=ovl-disk")
+    ;;
+esac
+# shellcheck disable=SC2086
+exec $QEMU $QEMU_MACHINE -m "$mem" -nographic -no-reboot \
+    -kernel "$img/kernel" -initrd "$initrd" \
+    -append "$append $extra" "${drive[@]}"

@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# qemu-arm/build.sh BOARD... — builds what an emulated board boots, from nothing, with cache:
+#   the kernel and modules (kernel.sh), ovl for the board's target, a static busybox for its
+#   architecture, the ROM (squashfs: busybox, ovl, the firstboot scripts, mkfs.ext4 where the
+#   board formats ext4, an init that gives a shell), the initramfs (ovl as /init, the board
+#   file, the modules) and the pristine flash or disk image.
+# Output: $CACHE/images/BOARD/{initramfs.cpio.gz, rom.sqfs, storage.img, kernel, env}.
+# Prints a line per step. Needs root (apt-get, mknod for /dev/console).
+set -Eeuo pipefail
+HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd -- "$HERE/.." && pwd)
+CACHE=${OVL_CACHE:-$REPO/.cache}
+OVL_STEP=build
+. "$REPO/scripts/lib.sh"
+. "$HERE/boards.sh"
+trap 'say "failed at line $LINENO: $BASH_COMMAND"' ERR
+
+need_root
+[ $# -gt 0 ] || set -- "$DEFAULT_BOARD"
+for b in "$@"; do board_vars "$b" >/dev/null || die "unknown board '$b' (boards: $BOARDS)"; done
+
+ensure_host_tools
+ensure_packages qemu-system-arm:qemu-system-aarch64 qemu-system-x86:qemu-system-x86_64
+
+# busybox_for ARCH: a static busybox from Debian's busybox-static for ARCH, cached.
+busybox_for() {
+    local arch=$1 dir=$CACHE/busybox/$1
+    if [ ! -x "$dir/busybox" ]; then
+        say "downloading busybox-static:$arch"
+        if [ "$arch" != "$(dpkg --print-architecture)" ] &&
+            ! dpkg --print-foreign-architectures | grep -qx "$arch"; then
+            dpkg --add-architecture "$arch"
+            apt-get update -qq >/dev/null || die "apt-get update failed after adding $arch"
+        fi
+        rm -rf "$dir.dl" && mkdir -p "$dir.dl"
+        (cd "$dir.dl" && apt-get download -qq "busybox-static:$arch" >/dev/null 2>&1) || {
+            apt-get update -qq >/dev/null
+            (cd "$dir.dl" && apt-get download -qq "busybox-static:$arch" >/dev/null)
+        } || die "apt-get download busybox-static:$arch failed"
+        dpkg-deb -x "$dir.dl"/busybox-static_*.deb "$dir.dl/x"
+        mkdir -p "$dir"
+        cp "$dir.dl/x/bin/busybox" "$dir/busybox"
+        rm -rf "$dir.dl"
+    fi
+    printf '%s\n' "$dir/busybox"
+}
+
+# copy_with_libs PROG ROOT: a dynamic host program and the libraries ldd names, at their paths.
+copy_with_libs() {
+    local prog=$1 root=$2 f
+    for f in "$prog" $(ldd "$prog" | grep -o '/[^ ]*'); do
+        mkdir -p "$root$(dirname "$f")"
+        cp -L "$f" "$root$f"
+    done
+}
+
+# check_module_order KDIR MODULE...: every module present, each one's dependencies earlier.
+check_module_order() {
+    local kdir=$1 m dep seen=" "
+    shift
+    for m in "$@"; do
+        [ -f "$kdir/modules/$m.ko" ] || die "board module $m: no $m.ko in $kdir/modules"
+        for dep in $(modinfo -F depends "$kdir/modules/$m.ko" | tr ',' ' '); do
+            case $seen in *" $dep "*) ;; *) die "board module $m needs $dep, which the board does not load before it" ;; esac
+        done
+        seen="$seen$m "
+    done
+}
+
+# check_gpt IMAGE NAME...: the image's GPT names these partitions, in this order.
+check_gpt() {
+    local img=$1 got
+    shift
+    got=$(sgdisk -p "$img" | awk '/^ +[0-9]+ /{print $NF}' | tr '\n' ' ')
+    [ "$got" = "$* " ] || die "$img: GPT has partitions '$got', wanted '$*'"
+}
+
+build_board() {
+    board_vars "$1"
+    local out=$CACHE/images/$BOARD work
+    work=$(mktemp -d "$CACHE/tmp.build.XXXXXX")
+    mkdir -p "$out"
+
+    say "[$BOARD] kernel and modules ($ARCH)"
+    "$HERE/kernel.sh" "$ARCH" >&2
+    local kdir=$CACHE/kernels/$ARCH release
+    release=$(cat "$kdir/release")
+
+    say "[$BOARD] ovl for $RUST_TARGET (release)"
+    (cd "$REPO" && cargo build --quiet --release --target "$RUST_TARGET" --bin ovl)
+    local ovl=$REPO/target/$RUST_TARGET/release/ovl
+
+    local bb
+    bb=$(busybox_for "$ARCH")
+
+    say "[$BOARD] ROM (squashfs)"
+    local rom=$work/rom
+    mkdir -p "$rom"/{bin,sbin,usr/bin,usr/sbin,etc/ovl,proc,sys,dev,run,tmp,rom,overlay,mnt,root,lib}
+    cp "$bb" "$rom/bin/busybox"
+    # The applet list comes from the host's busybox-static of the same Debian release.
+    local link
+    for link in $(busybox --list-full); do
+        [ -e "$rom/$link" ] || ln -s /bin/busybox "$rom/$link"
+    done
+    cp "$ovl" "$rom/sbin/ovlctl"
+    ln -sf ovlctl "$rom/sbin/preinit"
+    rm -f "$rom/sbin/init"
+    install -m 755 "$HERE/rom/init" "$rom/sbin/init"
+    install -m 644 "$HERE/rom/profile" "$rom/etc/profile"
+    install -m 644 "$REPO/board/$BOARD.json" "$rom/etc/ovl/board.json"
+    mkdir -p "$rom/etc/firstboot"
+    find "$REPO/firstboot" -maxdepth 1 -type f ! -name '*.md' -exec cp {} "$rom/etc/firstboot/" \;
+    echo "ovl $BOARD" > "$rom/etc/banner"
+    printf 'root:x:0:0:root:/root:/bin/sh\n' > "$rom/etc/passwd"
+    printf 'root:x:0:\n' > "$rom/etc/group"
+    if [ "$STORAGE" != nor ]; then
+        # ext4 boards format their data partition on first boot: ship mkfs.ext4 in the ROM.
+        [ "$ARCH" = "$(dpkg --print-architecture)" ] || die "mkfs.ext4 for $ARCH is not packaged here"
+        copy_with_libs /usr/sbin/mkfs.ext4 "$rom"
+        ln -sf /usr/sbin/mkfs.ext4 "$rom/sbin/mkfs.ext4"
+        cp /etc/mke2fs.conf "$rom/etc/"
+    fi
+    mksquashfs "$rom" "$out/rom.sqfs" -noappend -quiet -all-root -comp xz -b 256K >/dev/null
+
+    say "[$BOARD] initramfs (ovl as /init, board file, modules)"
+    local ird=$work/initramfs mods
+    mkdir -p "$ird"/{dev,proc,sys,run,etc/ovl,"lib/modules/$release"}
+    cp "$ovl" "$ird/init"
+    install -m 644 "$REPO/board/$BOARD.json" "$ird/etc/ovl/board.json"
+    mknod -m 600 "$ird/dev/console" c 5 1
+    mods=$(python3 -c 'import json,sys; print(" ".join(m["name"] for m in json.load(open(sys.argv[1])).get("modules", [])))' "$REPO/board/$BOARD.json")
+    # shellcheck disable=SC2086
+    check_module_order "$kdir" $mods
+    for m in $mods; do cp "$kdir/modules/$m.ko" "$ird/lib/modules/$release/"; done
+    (cd "$ird" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | gzip -6 > "$out/initramfs.cpio.gz")
+
+    if [ "$STORAGE" != combined ]; then
+        say "[$BOARD] baseline initramfs (busybox shell preinit, for the benchmark)"
+        local bld=$work/baseline
+        mkdir -p "$bld"/{bin,dev,etc,lib/modules}
+        cp "$bb" "$bld/bin/busybox"
+        install -m 755 "$HERE/baseline/init" "$bld/init"
+        mknod -m 600 "$bld/dev/console" c 5 1
+        for m in $mods; do cp "$kdir/modules/$m.ko" "$bld/lib/modules/"; done
+        python3 - "$REPO/board/$BOARD.json" > "$bld/etc/baseline.conf" <<'PY'
+import json, sys
+b = json.load(open(sys.argv[1]))
+print(f'MODULES="{" ".join(m["name"] for m in b.get("modules", []))}"')
+print(f'ROM="{b["rom"]}"\nDATA="{b["data"]}"\nFSTYPE="{b["fstype"]}"')
+print(f'MKFS="{b.get("mkfs", "/usr/sbin/mkfs.ext4")}"')
+PY
+        (cd "$bld" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | gzip -6 > "$out/initramfs-baseline.cpio.gz")
+    fi
+
+    say "[$BOARD] pristine $STORAGE image"
+    # Built beside and renamed at the end, so a failed build never leaves half an image.
+    local img=$out/storage.img.new rom_bytes
+    rm -f "$img"
+    rom_bytes=$(stat -c %s "$out/rom.sqfs")
+    case $STORAGE in
+    nor)
+        [ "$rom_bytes" -le $((NOR_ROM_MIB << 20)) ] || die "ROM is $rom_bytes bytes, more than the ${NOR_ROM_MIB} MiB partition"
+        # Flash is erased to 0xFF; the ROM goes at the start of bank 1.
+        head -c $((NOR_BANK_MIB << 20)) /dev/zero | tr '\0' '\377' > "$img"
+        dd if="$out/rom.sqfs" of="$img" conv=notrunc status=none
+        ;;
+    gpt)
+        [ "$rom_bytes" -le $((DISK_ROM_MIB << 20)) ] || die "ROM is larger than its ${DISK_ROM_MIB} MiB partition"
+        truncate -s $(((DISK_ROM_MIB + DISK_DATA_MIB + 2) << 20)) "$img"
+        # sgdisk has no -q: given one it writes nothing and still exits 0, hence check_gpt.
+        sgdisk -n "1:2048:+${DISK_ROM_MIB}M" -c 1:rootfs -n "2:0:+${DISK_DATA_MIB}M" -c 2:rootfs_data "$img" >/dev/null
+        check_gpt "$img" rootfs rootfs_data
+        dd if="$out/rom.sqfs" of="$img" bs=1M seek=1 conv=notrunc status=none
+        # A new data partition is erased (0xFF): ovl formats that kind of blank on first boot.
+        head -c $((DISK_DATA_MIB << 20)) /dev/zero | tr '\0' '\377' |
+            dd of="$img" bs=1M seek=$((1 + DISK_ROM_MIB)) conv=notrunc status=none
+        ;;
+    combined)
+        truncate -s $(((COMBINED_PART_MIB + 2) << 20)) "$img"
+        sgdisk -n "1:2048:+${COMBINED_PART_MIB}M" -c 1:rootfs "$img" >/dev/null
+        check_gpt "$img" rootfs
+        head -c $((COMBINED_PART_MIB << 20)) /dev/zero | tr '\0' '\377' |
+            dd of="$img" bs=1M seek=1 conv=notrunc status=none
+        dd if="$out/rom.sqfs" of="$img" bs=1M seek=1 conv=notrunc status=none
+        ;;
+    esac
+
+    mv "$img" "$out/storage.img"
+
+    local kernel=$kdir/vmlinuz
+    [ -f "$kdir/vmlinux-pvh" ] && kernel=$kdir/vmlinux-pvh
+    cp "$kernel" "$out/kernel"
+    printf 'RELEASE=%s\nROM_BYTES=%s\n' "$release" "$rom_bytes" > "$out/env"
+    rm -rf "$work"
+    say "[$BOARD] ready: $(du -h "$out/initramfs.cpio.gz" | cut -f1) initramfs, $(du -h "$out/rom.sqfs" | cut -f1) ROM"
+}
+
+mkdir -p "$CACHE"
+for b in "$@"; do build_board "$b"; done

@@ -1,0 +1,638 @@
+//! Emulated boards: real kernels, real MTD flash and JFFS2, real GPT disks, booted under QEMU
+//! (qemu-arm/boot.sh) and driven over the serial console with bounded waits. A guest that
+//! hangs is killed and the test fails with the tail of its console log.
+//!
+//! The images must be built first (`qemu-arm/build.sh`, which `./test.sh` runs); without them
+//! these tests fail and say so.
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const NOR: &str = "qemu-aarch64-nor";
+const DISK: &str = "qemu-x86_64-disk";
+const COMBINED: &str = "qemu-x86_64-combined";
+const MIB: u64 = 1 << 20;
+/// Where rootfs_data starts in the NOR bank and on the GPT disk (see qemu-arm/boards.sh).
+const NOR_DATA: u64 = 16 * MIB;
+const DISK_DATA: u64 = 33 * MIB;
+const DISK_DATA_LEN: u64 = 64 * MIB;
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+const CMD_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn cache() -> PathBuf {
+    std::env::var_os("OVL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".cache"))
+}
+
+fn pristine(board: &str) -> PathBuf {
+    let p = cache().join("images").join(board).join("storage.img");
+    assert!(
+        p.exists() && nix::unistd::geteuid().is_root(),
+        "board {board} is not built ({} missing) or not root: run qemu-arm/build.sh {board} as root (./test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// A scenario's own copy of a board's storage, with helpers to look at it from the host.
+struct Storage {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    board: &'static str,
+    log_dir: PathBuf,
+}
+
+impl Storage {
+    fn new(board: &'static str, name: &str) -> Storage {
+        let src = pristine(board);
+        let dir = tempfile::Builder::new()
+            .prefix("ovl-board")
+            .tempdir()
+            .unwrap();
+        let path = dir.path().join("storage.img");
+        std::fs::copy(&src, &path).unwrap();
+        let log_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("boards")
+            .join(name);
+        std::fs::create_dir_all(&log_dir).unwrap();
+        Storage {
+            _dir: dir,
+            path,
+            board,
+            log_dir,
+        }
+    }
+
+    fn read(&self, off: u64, len: u64) -> Vec<u8> {
+        let mut f = std::fs::File::open(&self.path).unwrap();
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(off)).unwrap();
+        let mut buf = vec![0; len as usize];
+        f.read_exact(&mut buf).unwrap();
+        buf
+    }
+
+    fn write(&self, off: u64, bytes: &[u8]) {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .unwrap();
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(off)).unwrap();
+        f.write_all(bytes).unwrap();
+        f.sync_all().unwrap();
+    }
+
+    fn boot(&self, n: u32, args: &[&str]) -> Guest {
+        Guest::boot(self, n, args)
+    }
+}
+
+fn random(len: usize) -> Vec<u8> {
+    let mut v = vec![0; len];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut v)
+        .unwrap();
+    v
+}
+
+/// A running board, its console captured to memory and to a log file.
+struct Guest {
+    child: Child,
+    stdin: ChildStdin,
+    out: Arc<Mutex<Vec<u8>>>,
+    /// Where the next wait starts looking.
+    cursor: usize,
+    seq: u32,
+    log: PathBuf,
+}
+
+impl Guest {
+    fn boot(st: &Storage, n: u32, args: &[&str]) -> Guest {
+        let log = st.log_dir.join(format!("boot{n}.log"));
+        let mut child = Command::new(repo().join("qemu-arm/boot.sh"))
+            .arg(st.board)
+            .arg("--storage")
+            .arg(&st.path)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start qemu-arm/boot.sh");
+        let out = Arc::new(Mutex::new(Vec::new()));
+        for pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let out = out.clone();
+            let mut logf = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .unwrap();
+            std::thread::spawn(move || {
+                let mut pipe = pipe;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let _ = logf.write_all(&buf[..n]);
+                    out.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+        let stdin = child.stdin.take().unwrap();
+        let mut g = Guest {
+            child,
+            stdin,
+            out,
+            cursor: 0,
+            seq: 0,
+            log,
+        };
+        g.wait_for("ovl-rom: shell on the console", BOOT_TIMEOUT);
+        // The prompt, then quiet the kernel's console messages so they do not cut our output.
+        g.wait_for("ovl:", CMD_TIMEOUT);
+        g.run("dmesg -n 1");
+        g
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned()
+    }
+
+    fn fail(&mut self, why: &str) -> ! {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let text = self.text();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "{why}\n--- last console lines ({}):\n{}",
+            self.log.display(),
+            tail.join("\n")
+        );
+    }
+
+    /// Waits for `pat` after the cursor; returns the text up to and including it.
+    fn wait_for(&mut self, pat: &str, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            {
+                let text = self.text();
+                if let Some(i) = text.get(self.cursor..).and_then(|t| t.find(pat)) {
+                    let end = self.cursor + i + pat.len();
+                    let got = text[self.cursor..end].to_string();
+                    self.cursor = end;
+                    return got;
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.fail(&format!("QEMU exited ({status}) while waiting for `{pat}`"));
+            }
+            if start.elapsed() > timeout {
+                self.fail(&format!("no `{pat}` within {timeout:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        if self
+            .stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .is_err()
+        {
+            self.fail(&format!("console closed while sending `{line}`"));
+        }
+    }
+
+    /// Runs a shell command; returns (exit status, output). The marker is typed with quotes so
+    /// that the console's echo of the command does not look like the marker itself.
+    fn sh(&mut self, cmd: &str) -> (i32, String) {
+        self.seq += 1;
+        let n = self.seq;
+        self.send(&format!("{cmd}; echo DO''NE{n}=$?=E"));
+        let got = self.wait_for(&format!("DONE{n}="), CMD_TIMEOUT);
+        let code_text = self.wait_for("=E", CMD_TIMEOUT);
+        let code = code_text
+            .trim_end_matches("=E")
+            .trim()
+            .parse()
+            .unwrap_or(-1);
+        (code, got)
+    }
+
+    /// Runs a command that must succeed.
+    fn run(&mut self, cmd: &str) -> String {
+        let (code, out) = self.sh(cmd);
+        if code != 0 {
+            self.fail(&format!("`{cmd}` exited {code}:\n{out}"));
+        }
+        out
+    }
+
+    fn status(&mut self) -> Value {
+        let out = self.sh("ovlctl status --json").1;
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with("{\"mode\""))
+            .map(str::to_string);
+        match line.and_then(|l| serde_json::from_str(l.trim()).ok()) {
+            Some(v) => v,
+            None => self.fail(&format!("no status JSON in:\n{out}")),
+        }
+    }
+
+    /// A clean power-off: sync, then `poweroff -f`; QEMU exits (-no-reboot).
+    fn poweroff(mut self) {
+        self.send("sync; poweroff -f");
+        self.wait_exit();
+    }
+
+    /// Pulls the plug: QEMU is killed with no warning to the guest.
+    fn power_cut(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn wait_exit(&mut self) {
+        let start = Instant::now();
+        while start.elapsed() < CMD_TIMEOUT {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.fail("the board did not power off");
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn assert_persistent(st: &Value, fstype: &str, action: &str) {
+    assert_eq!(st["mode"], "persistent", "{st}");
+    assert_eq!(st["data"]["fstype"], fstype, "{st}");
+    assert_eq!(st["data"]["action"], action, "{st}");
+    assert_eq!(st["upper"]["fstype"], fstype, "{st}");
+    assert_eq!(st["root"]["source"], "ovl:persistent", "{st}");
+}
+
+fn assert_tmpfs(g: &mut Guest, mode: &str, why: &str) -> Value {
+    let st = g.status();
+    assert_eq!(st["mode"], mode, "{st}");
+    let reason = st["reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains(why), "reason `{reason}` lacks `{why}`");
+    assert_eq!(st["upper"]["fstype"], "tmpfs", "{st}");
+    assert_eq!(st["root"]["read_only"], false);
+    // Writable all the same.
+    g.run("echo scratch > /etc/scratch && cat /etc/scratch");
+    st
+}
+
+// ---- the NOR router: JFFS2 on CFI flash ----
+
+#[test]
+fn nor_first_boot_persists_and_whiteouts_survive() {
+    let s = Storage::new(NOR, "nor-persist");
+    let mut g = s.boot(1, &[]);
+    let st = g.status();
+    assert_persistent(&st, "jffs2", "mount");
+    assert_eq!(st["data"]["content"], "erased");
+    assert!(st["data"]["device"]
+        .as_str()
+        .unwrap()
+        .starts_with("/dev/mtdblock"));
+    assert!(g.run("cat /proc/mtd").contains("\"rootfs_data\""));
+    g.run("echo first-boot > /etc/hello && rm /etc/banner && mkdir -p /root/dir && echo x > /root/dir/f");
+    g.poweroff();
+
+    let mut g = s.boot(2, &[]);
+    let st = g.status();
+    assert_persistent(&st, "jffs2", "mount");
+    assert_eq!(st["data"]["content"], "jffs2");
+    assert!(g.run("cat /etc/hello").contains("first-boot"));
+    assert!(g.run("cat /root/dir/f").contains('x'));
+    let (code, _) = g.sh("test -e /etc/banner");
+    assert_ne!(code, 0, "the ROM file deleted in the first boot came back");
+    assert!(
+        g.run("cat /rom/etc/banner").contains("ovl"),
+        "the ROM lost its copy"
+    );
+    g.poweroff();
+}
+
+#[test]
+fn nor_corrupt_data_boots_on_tmpfs_and_the_rom_is_intact() {
+    let s = Storage::new(NOR, "nor-corrupt");
+    let rom_before = s.read(0, NOR_DATA);
+    s.write(NOR_DATA, &random(512 * 1024));
+    let mut g = s.boot(1, &[]);
+    assert_tmpfs(&mut g, "tmpfs", "holds unknown, not jffs2; left untouched");
+    g.poweroff();
+    assert_eq!(s.read(0, NOR_DATA), rom_before, "the ROM region changed");
+}
+
+#[test]
+fn nor_missing_data_partition_boots_on_tmpfs() {
+    let s = Storage::new(NOR, "nor-missing");
+    let mut g = s.boot(1, &["--no-data"]);
+    assert_tmpfs(&mut g, "tmpfs", "no writable partition (mtd:rootfs_data)");
+    g.poweroff();
+}
+
+#[test]
+fn nor_failsafe_leaves_the_flash_byte_identical() {
+    let s = Storage::new(NOR, "nor-failsafe");
+    let mut g = s.boot(1, &[]);
+    g.run("echo before > /etc/before");
+    g.poweroff();
+    let data_before = s.read(NOR_DATA, 48 * MIB);
+    let mut g = s.boot(2, &["--append", "ovl.failsafe"]);
+    assert_tmpfs(&mut g, "failsafe", "failsafe requested");
+    let (code, _) = g.sh("test -e /etc/before");
+    assert_ne!(code, 0, "failsafe showed the writable partition's files");
+    g.run("echo during-failsafe > /etc/during");
+    g.poweroff();
+    assert!(
+        s.read(NOR_DATA, 48 * MIB) == data_before,
+        "failsafe changed rootfs_data"
+    );
+}
+
+#[test]
+fn nor_marker_is_erased_through_the_mtd_layer() {
+    let s = Storage::new(NOR, "nor-marker");
+    let mut g = s.boot(1, &[]);
+    g.run("echo old > /etc/old");
+    g.poweroff();
+    // A factory reset of an unmounted JFFS2 writes the marker; old nodes follow it.
+    s.write(NOR_DATA, &[0xde, 0xad, 0xc0, 0xde]);
+    let mut g = s.boot(2, &[]);
+    let st = g.status();
+    assert_persistent(&st, "jffs2", "erase");
+    assert_eq!(st["data"]["content"], "marker");
+    let (code, _) = g.sh("test -e /etc/old");
+    assert_ne!(code, 0, "files from before the marker survived the erase");
+    g.run("echo new > /etc/new");
+    g.poweroff();
+    let mut g = s.boot(3, &[]);
+    assert_persistent(&g.status(), "jffs2", "mount");
+    assert!(g.run("cat /etc/new").contains("new"));
+    g.poweroff();
+}
+
+#[test]
+fn nor_power_cut_after_sync_keeps_the_data() {
+    power_cut_after_sync(NOR, "jffs2", "nor-cut");
+}
+
+#[test]
+fn nor_power_cut_during_writes_keeps_what_was_synced() {
+    power_cut_during_writes(NOR, "jffs2", "nor-cut-stream");
+}
+
+/// JFFS2 as an overlayfs upper on a stock kernel: what works and what does not. Stock JFFS2
+/// has no RENAME_WHITEOUT, so overlayfs cannot rename a lower file or remove a lower directory
+/// (EINVAL, or EXDEV that mv turns into copy+unlink). README.md documents the same list.
+#[test]
+fn nor_jffs2_upper_what_works_and_what_does_not() {
+    let s = Storage::new(NOR, "nor-semantics");
+    let mut g = s.boot(1, &[]);
+    assert_persistent(&g.status(), "jffs2", "mount");
+    for (what, cmd) in [
+        ("create", "echo new > /etc/new"),
+        ("copy-up by append", "echo '# appended' >> /etc/profile"),
+        ("chmod of a lower file", "chmod 600 /etc/banner"),
+        ("delete a lower file", "rm /etc/passwd"),
+        ("symlink", "ln -s /etc/new /etc/new-link"),
+        ("hardlink", "ln /etc/new /etc/new-hard"),
+        ("fifo", "mkfifo /etc/fifo"),
+        ("rename within the upper", "mv /etc/new /etc/renamed"),
+        (
+            "mkdir and rmdir in the upper",
+            "mkdir /etc/d && rmdir /etc/d",
+        ),
+        (
+            "rm -rf of an upper directory",
+            "mkdir -p /root/a/b && rm -rf /root/a",
+        ),
+    ] {
+        let (code, out) = g.sh(cmd);
+        assert_eq!(code, 0, "{what} (`{cmd}`) failed on JFFS2:\n{out}");
+    }
+    for (what, cmd) in [
+        ("rename of a lower file", "mv /etc/group /etc/group2"),
+        ("rm -rf of a lower directory", "rm -rf /etc/ovl"),
+    ] {
+        let (code, out) = g.sh(cmd);
+        assert_ne!(
+            code, 0,
+            "{what} (`{cmd}`) now works on JFFS2: update README.md\n{out}"
+        );
+    }
+    g.poweroff();
+    let mut g = s.boot(2, &[]);
+    assert!(g.run("cat /etc/renamed").contains("new"));
+    assert!(g.run("readlink /etc/new-link").contains("/etc/new"));
+    let (code, _) = g.sh("test -e /etc/passwd");
+    assert_ne!(code, 0);
+    g.poweroff();
+}
+
+// ---- the x86_64 disk: ext4 on a GPT partition found by name ----
+
+#[test]
+fn disk_first_boot_formats_and_persists() {
+    let s = Storage::new(DISK, "disk-persist");
+    let mut g = s.boot(1, &[]);
+    let st = g.status();
+    assert_persistent(&st, "ext4", "format");
+    assert_eq!(st["data"]["content"], "erased");
+    assert_eq!(st["data"]["device"], "/dev/vda2");
+    g.run("echo disk > /etc/hello && rm /etc/banner");
+    g.poweroff();
+    let mut g = s.boot(2, &[]);
+    let st = g.status();
+    assert_persistent(&st, "ext4", "mount");
+    assert_eq!(st["data"]["content"], "ext4");
+    assert!(g.run("cat /etc/hello").contains("disk"));
+    let (code, _) = g.sh("test -e /etc/banner");
+    assert_ne!(code, 0, "whiteout lost");
+    g.poweroff();
+}
+
+#[test]
+fn disk_corrupt_data_boots_on_tmpfs_and_the_rom_is_intact() {
+    let s = Storage::new(DISK, "disk-corrupt");
+    let g = s.boot(1, &[]);
+    g.poweroff();
+    let rom_before = s.read(MIB, 32 * MIB);
+    s.write(DISK_DATA, &random(MIB as usize));
+    let mut g = s.boot(2, &[]);
+    assert_tmpfs(&mut g, "tmpfs", "holds unknown, not ext4");
+    g.poweroff();
+    assert_eq!(
+        s.read(MIB, 32 * MIB),
+        rom_before,
+        "the ROM partition changed"
+    );
+}
+
+#[test]
+fn disk_missing_data_partition_boots_on_tmpfs() {
+    let s = Storage::new(DISK, "disk-missing");
+    let out = Command::new("sgdisk")
+        .args(["-d", "2"])
+        .arg(&s.path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut g = s.boot(1, &[]);
+    assert_tmpfs(
+        &mut g,
+        "tmpfs",
+        "no writable partition (partname:rootfs_data)",
+    );
+    g.poweroff();
+}
+
+#[test]
+fn disk_failsafe_leaves_the_partition_byte_identical() {
+    let s = Storage::new(DISK, "disk-failsafe");
+    let g = s.boot(1, &[]);
+    g.poweroff();
+    let before = s.read(DISK_DATA, DISK_DATA_LEN);
+    let mut g = s.boot(2, &["--append", "ovl.failsafe"]);
+    assert_tmpfs(&mut g, "failsafe", "failsafe requested");
+    g.poweroff();
+    assert!(
+        s.read(DISK_DATA, DISK_DATA_LEN) == before,
+        "failsafe changed rootfs_data"
+    );
+}
+
+#[test]
+fn disk_power_cut_after_sync_keeps_the_data() {
+    power_cut_after_sync(DISK, "ext4", "disk-cut");
+}
+
+#[test]
+fn disk_power_cut_during_writes_keeps_what_was_synced() {
+    power_cut_during_writes(DISK, "ext4", "disk-cut-stream");
+}
+
+// ---- OpenWrt x86 combined: the writable area after the squashfs in one partition ----
+
+#[test]
+fn combined_partition_formats_after_the_rom_and_persists() {
+    let s = Storage::new(COMBINED, "combined");
+    let rom_len = s.read(MIB, 48)[40..48]
+        .try_into()
+        .map(u64::from_le_bytes)
+        .unwrap();
+    let rom_before = s.read(MIB, rom_len);
+    let mut g = s.boot(1, &[]);
+    let st = g.status();
+    assert_persistent(&st, "ext4", "format");
+    assert!(
+        st["data"]["device"]
+            .as_str()
+            .unwrap()
+            .starts_with("/dev/loop"),
+        "{st}"
+    );
+    g.run("echo combined > /etc/c");
+    g.poweroff();
+    let mut g = s.boot(2, &[]);
+    assert_persistent(&g.status(), "ext4", "mount");
+    assert!(g.run("cat /etc/c").contains("combined"));
+    g.poweroff();
+    assert_eq!(
+        s.read(MIB, rom_len),
+        rom_before,
+        "the squashfs in front changed"
+    );
+}
+
+#[test]
+fn combined_failsafe_and_corruption() {
+    let s = Storage::new(COMBINED, "combined-fail");
+    let g = s.boot(1, &[]);
+    g.poweroff();
+    let whole = s.read(0, 98 * MIB);
+    let mut g = s.boot(2, &["--append", "ovl.failsafe"]);
+    assert_tmpfs(&mut g, "failsafe", "failsafe requested");
+    g.poweroff();
+    assert!(s.read(0, 98 * MIB) == whole, "failsafe changed the disk");
+    let rom_len = s.read(MIB, 48)[40..48]
+        .try_into()
+        .map(u64::from_le_bytes)
+        .unwrap();
+    let data_at = MIB + rom_len.div_ceil(65536) * 65536;
+    s.write(data_at, &random(MIB as usize));
+    let mut g = s.boot(3, &[]);
+    assert_tmpfs(&mut g, "tmpfs", "holds unknown, not ext4");
+    g.poweroff();
+}
+
+// ---- shared scenarios ----
+
+fn power_cut_after_sync(board: &'static str, fstype: &str, name: &str) {
+    let s = Storage::new(board, name);
+    let mut g = s.boot(1, &[]);
+    g.run("echo synced-before-the-cut > /root/kept && sync");
+    g.power_cut();
+    let mut g = s.boot(2, &[]);
+    assert_persistent(&g.status(), fstype, "mount");
+    assert!(g.run("cat /root/kept").contains("synced-before-the-cut"));
+    g.poweroff();
+}
+
+fn power_cut_during_writes(board: &'static str, fstype: &str, name: &str) {
+    let s = Storage::new(board, name);
+    let mut g = s.boot(1, &[]);
+    // A stream of writes, each file synced and then announced; the cut lands mid-stream.
+    g.send(
+        "i=0; while :; do i=$((i+1)); echo \"payload $i\" > /root/f$i; sync; echo SYN''CED-$i; done",
+    );
+    g.wait_for("SYNCED-12", CMD_TIMEOUT);
+    let text = g.text();
+    g.power_cut();
+    let last: u32 = text
+        .rsplit("SYNCED-")
+        .next()
+        .and_then(|t| t.lines().next())
+        .and_then(|n| n.trim().parse().ok())
+        .expect("a synced count");
+    let mut g = s.boot(2, &[]);
+    assert_persistent(&g.status(), fstype, "mount");
+    for i in 1..=last {
+        let out = g.run(&format!("cat /root/f{i}"));
+        assert!(
+            out.contains(&format!("payload {i}")),
+            "file {i} of {last} synced files lost:\n{out}"
+        );
+    }
+    g.poweroff();
+}
