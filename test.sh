@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unit tests, the privileged tests on real mounts.
-# Installs what it needs first (apt packages, rust targets). Run as root.
+# The whole test suite: formatting, lints, unit tests, the privileged tests on real mounts,
+# and the emulated boards under QEMU. Installs what it needs first (apt packages, rust
+# targets, Debian kernels, busybox). Run as root.
 set -euo pipefail
 cd "$(dirname "$0")"
 OVL_STEP=test
 . scripts/lib.sh
+. qemu-arm/boards.sh
 need_root
 ensure_host_tools
 
@@ -12,5 +14,9 @@ say "cargo fmt --check"
 cargo fmt --check
 say "cargo clippy"
 cargo clippy --quiet --all-targets -- -D warnings
-say "unit and privileged tests (cargo test)"
-cargo test --quiet --lib --bins --tests 2>&1
+say "building the emulated boards: $BOARDS"
+# shellcheck disable=SC2086
+qemu-arm/build.sh $BOARDS
+say "unit tests, privileged tests on real mounts, emulated boards (cargo test)"
+# Two at a time: each board scenario runs a QEMU, and there are two cores.
+RUST_TEST_THREADS=2 cargo test --quiet --lib --bins --tests 2>&1

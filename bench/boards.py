@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Boots each emulated board several times with ovl and with the busybox-shell baseline (same
+kernel, same ROM, same flash or disk) and prints medians: kernel start -> preinit start,
+preinit start -> exec of init (with and without module loading), total to the shell, the
+ratio ovl/baseline, and the binary size per target. Figures only: nothing passes or fails.
+
+Usage: bench/boards.py [--boots N] [BOARD...]   (run by bench/boards.sh after the build)
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE = os.environ.get("OVL_CACHE", os.path.join(REPO, ".cache"))
+BOOT_TIMEOUT = 300
+
+
+def boot(board, storage, initrd=None):
+    """One boot: returns the console text up to the power-off."""
+    cmd = [os.path.join(REPO, "qemu-arm/boot.sh"), board, "--storage", storage]
+    if initrd:
+        cmd += ["--initrd", initrd]
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = bytearray()
+
+    def reader():
+        for chunk in iter(lambda: p.stdout.read1(4096), b""):
+            out.extend(chunk)
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    start = time.time()
+    sent = False
+    while p.poll() is None and time.time() - start < BOOT_TIMEOUT:
+        if not sent and b"shell on the console" in out:
+            p.stdin.write(b"dmesg -n 1; ovlctl status --json; cat /run/baseline.times; sync; poweroff -f\n")
+            p.stdin.flush()
+            sent = True
+        time.sleep(0.05)
+    if p.poll() is None:
+        p.kill()
+        p.wait()
+        tail = out.decode(errors="replace").splitlines()[-20:]
+        sys.exit(f"{board}: no power-off within {BOOT_TIMEOUT}s; console tail:\n" + "\n".join(tail))
+    t.join(5)
+    return out.decode(errors="replace")
+
+
+def measure(text, baseline):
+    """Seconds: (kernel->preinit, preinit->exec, preinit->exec without modules, total to shell)."""
+    shell = float(re.search(r"shell ready ([0-9.]+)s", text).group(1))
+    if baseline:
+        m = re.search(r"baseline: start ([0-9.]+)s modules-done ([0-9.]+)s exec ([0-9.]+)s", text)
+        t0, t1, t2 = (float(x) for x in m.groups())
+        return t0, t2 - t0, t2 - t1, shell
+    line = next(l for l in text.splitlines() if l.lstrip().startswith('{"mode"'))
+    st = json.loads(line[line.index("{"):])
+    assert st["mode"] == "persistent", st
+    steps = {s["step"]: s["us"] for s in st["steps"]}
+    total = st["times"]["preinit_us"] / 1e6
+    return st["times"]["kernel_to_preinit_us"] / 1e6, total, total - steps.get("modules", 0) / 1e6, shell
+
+
+def run_board(board, n):
+    img = os.path.join(CACHE, "images", board)
+    results = {}
+    for kind, initrd in (("ovl", None), ("baseline", os.path.join(img, "initramfs-baseline.cpio.gz"))):
+        if initrd and not os.path.exists(initrd):
+            continue
+        with tempfile.TemporaryDirectory(prefix="ovl-bench") as d:
+            storage = os.path.join(d, "storage.img")
+            shutil.copy(os.path.join(img, "storage.img"), storage)
+            first = measure(boot(board, storage, initrd), kind == "baseline")
+            later = [measure(boot(board, storage, initrd), kind == "baseline") for _ in range(n)]
+        results[kind] = (first, [statistics.median(x[i] for x in later) for i in range(4)])
+    return results
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--boots", type=int, default=5, help="later boots per board and kind (default 5)")
+    ap.add_argument("boards", nargs="*", default=["qemu-aarch64-nor", "qemu-x86_64-disk"])
+    a = ap.parse_args()
+    ms = lambda s: f"{s * 1000:8.0f} ms"
+    for board in a.boards:
+        print(f"\n{board}: medians of {a.boots} boots after the first (TCG, 2 cores)", flush=True)
+        r = run_board(board, a.boots)
+        cols = ["kernel->preinit", "preinit->exec", "  without modules", "total to shell"]
+        for kind, (first, med) in r.items():
+            print(f"  {kind:9s} first boot: preinit->exec {ms(first[1]).strip()}")
+        for i, c in enumerate(cols):
+            row = f"  {c:18s}" + "".join(f" {k} {ms(v[1][i])}" for k, v in r.items())
+            if "ovl" in r and "baseline" in r and r["baseline"][1][i] > 0:
+                row += f"   ovl/baseline {r['ovl'][1][i] / r['baseline'][1][i]:.2f}"
+            print(row)
+    print("\nstatic binary size (stripped):")
+    for t in ("aarch64-unknown-linux-musl", "x86_64-unknown-linux-musl", "armv7-unknown-linux-gnueabihf"):
+        p = os.path.join(REPO, "target", t, "release", "ovl")
+        if os.path.exists(p):
+            print(f"  {t:32s} {os.path.getsize(p):8d} bytes")
+
+
+if __name__ == "__main__":
+    main()
