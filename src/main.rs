@@ -14,6 +14,17 @@ fn boot(opts: Options) -> ExitCode {
     ExitCode::from(code.clamp(0, 255) as u8)
 }
 
+/// A panic in PID 1 would panic the kernel. The boot code is written not to panic; should it
+/// all the same, say so and still try to run an init rather than take the device down.
+fn last_words(info: &std::panic::PanicHookInfo) {
+    log::error!("BUG: {info}; trying to start init anyway");
+    for init in ["/sbin/init", "/etc/init", "/bin/init", "/bin/sh"] {
+        if let Ok(p) = std::ffi::CString::new(init) {
+            let _ = nix::unistd::execv(&p, &[&p]);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let argv0 = std::env::args_os().next().unwrap_or_default();
     let name = Path::new(&argv0)
@@ -23,9 +34,16 @@ fn main() -> ExitCode {
     if name == "preinit" || name == "init" {
         ovl::klog::init("preinit");
         let pid1 = nix::unistd::getpid().as_raw() == 1;
+        if pid1 {
+            std::panic::set_hook(Box::new(last_words));
+        }
         return boot(Options {
             target: PathBuf::from("/"),
-            init_args: std::env::args().skip(1).collect(),
+            // The kernel hands init whatever bytes the command line had: no UTF-8 promised.
+            init_args: std::env::args_os()
+                .skip(1)
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
             kmsg: pid1,
             ..Options::default()
         });

@@ -336,7 +336,7 @@ fn persistent_upper(input: &PlanInput, data: &DataFound) -> Result<Upper, String
         ("jffs2", Content::Erased) => "mount",
         ("jffs2", Content::Marker) => {
             let DataKind::Mtd { char_dev, .. } = &data.kind else {
-                unreachable!("jffs2 is only chosen for MTD")
+                return Err(format!("{dev} holds the reset marker but is not MTD flash"));
             };
             // Stock JFFS2 does not treat the marker as "erase the rest": old nodes after it
             // would come back. Erasing is ours to do.
