@@ -460,6 +460,36 @@ mod tests {
     }
 
     #[test]
+    fn a_device_that_appears_late_is_waited_for() {
+        let f = Fixture::new();
+        f.mtd(&[("rootfs", &squashfs(100, 4096))]);
+        let src = f.src.clone();
+        // The flash driver registers the data partition 300 ms into the wait.
+        let later = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            let mut ev = String::from("MAJOR=254\nMINOR=2\nDEVNAME=vdb1\nDEVTYPE=partition\n");
+            ev.push_str("PARTNAME=rootfs_data\n");
+            let d = src.sys_dir.join("class/block/vdb1");
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(src.dev_dir.join("vdb1"), [0xffu8; 4096]).unwrap();
+            std::fs::write(d.join("uevent"), ev).unwrap();
+        });
+        let t = Instant::now();
+        let found = find(
+            &wanted(Some("mtd:rootfs"), Some("partname:rootfs_data"), 5000),
+            &f.src,
+            &mut Recorder::new(),
+        );
+        later.join().unwrap();
+        assert!(found.data.unwrap().device.ends_with("dev/vdb1"));
+        let waited = t.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_millis(4000),
+            "{waited:?}"
+        );
+    }
+
+    #[test]
     fn missing_devices_time_out_with_the_selector_in_the_reason() {
         let f = Fixture::new();
         let found = find(
