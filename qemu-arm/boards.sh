@@ -1,11 +1,12 @@
 # The emulated boards: what each one needs to build and boot. Sourced by build.sh, boot.sh
 # and run. A board's name is its board file's name (board/NAME.json).
 
-BOARDS="qemu-aarch64-nor qemu-x86_64-disk qemu-x86_64-combined"
+BOARDS="qemu-aarch64-nor qemu-x86_64-disk qemu-x86_64-combined qemu-armv7-nor"
 DEFAULT_BOARD=qemu-aarch64-nor
 
-# NOR layout on the aarch64 virt board: two 64 MiB CFI banks that physmap shows as one MTD
-# "0.flash"; we only give bank 1 (bank 0 with -kernel is taken as firmware and hangs the guest).
+# NOR layout on the virt board, aarch64 and armv7 alike: two 64 MiB CFI banks that physmap
+# shows as one MTD "0.flash"; we only give bank 1 (bank 0 with -kernel is taken as firmware and
+# hangs the guest).
 # Its first 16 MiB are the ROM, the other 48 MiB rootfs_data, as /proc/mtd shows on a router.
 NOR_MTDPARTS="0.flash:64m(bank0)ro,16m(rootfs)ro,-(rootfs_data)"
 NOR_MTDPARTS_NO_DATA="0.flash:64m(bank0)ro,16m(rootfs)ro"
@@ -27,6 +28,17 @@ board_vars() {
         CONSOLE=ttyAMA0
         STORAGE=nor
         # cmdlinepart is a module: preinit passes it this (the kernel would not).
+        APPEND="cmdlinepart.mtdparts=$NOR_MTDPARTS"
+        ;;
+    qemu-armv7-nor)
+        # The same NOR router on 32-bit ARM: Debian's armmp kernel, where mtd and chipreg are
+        # built in. No musl std for armv7 from rustup: ovl links statically against glibc.
+        ARCH=armhf
+        RUST_TARGET=armv7-unknown-linux-gnueabihf
+        QEMU=qemu-system-arm
+        QEMU_MACHINE="-M virt -cpu cortex-a15"
+        CONSOLE=ttyAMA0
+        STORAGE=nor
         APPEND="cmdlinepart.mtdparts=$NOR_MTDPARTS"
         ;;
     qemu-x86_64-disk)

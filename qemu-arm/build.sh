@@ -20,23 +20,31 @@ need_root
 for b in "$@"; do board_vars "$b" >/dev/null || die "unknown board '$b' (boards: $BOARDS)"; done
 
 ensure_host_tools
-ensure_packages qemu-system-arm:qemu-system-aarch64 qemu-system-x86:qemu-system-x86_64
+ensure_packages qemu-system-arm:qemu-system-aarch64 qemu-system-arm:qemu-system-arm \
+    qemu-system-x86:qemu-system-x86_64 file:file
 
-# busybox_for ARCH: a static busybox from Debian's busybox-static for ARCH, cached.
+# busybox_for ARCH: a static busybox from Debian's busybox-static for ARCH, cached. armhf comes
+# through the private APT configuration kernel.sh keeps for it: adding armhf to dpkg's
+# architectures breaks apt-get update on these hosts. Other foreign ones are added to dpkg.
 busybox_for() {
-    local arch=$1 dir=$CACHE/busybox/$1
+    local arch=$1 dir=$CACHE/busybox/$1 conf=""
     if [ ! -x "$dir/busybox" ]; then
-        say "downloading busybox-static:$arch"
-        if [ "$arch" != "$(dpkg --print-architecture)" ] &&
+        if [ "$arch" = armhf ]; then
+            conf=$CACHE/kernels/apt-$arch/apt.conf
+            [ -f "$conf" ] || die "no private APT configuration for $arch ($conf): run qemu-arm/kernel.sh $arch"
+        elif [ "$arch" != "$(dpkg --print-architecture)" ] &&
             ! dpkg --print-foreign-architectures | grep -qx "$arch"; then
             dpkg --add-architecture "$arch"
             apt-get update -qq >/dev/null || die "apt-get update failed after adding $arch"
         fi
+        say "downloading busybox-static:$arch"
+        local apt=(env ${conf:+APT_CONFIG=$conf} apt-get)
         rm -rf "$dir.dl" && mkdir -p "$dir.dl"
-        (cd "$dir.dl" && apt-get download -qq "busybox-static:$arch" >/dev/null 2>&1) || {
-            apt-get update -qq >/dev/null
-            (cd "$dir.dl" && apt-get download -qq "busybox-static:$arch" >/dev/null)
-        } || die "apt-get download busybox-static:$arch failed"
+        (cd "$dir.dl" && "${apt[@]}" download -qq "busybox-static:$arch" >/dev/null 2>&1) || {
+            # Stale lists: refresh once (some private indexes may fail; kernel.sh says which).
+            "${apt[@]}" update -qq >/dev/null 2>&1 || true
+            (cd "$dir.dl" && "${apt[@]}" download -qq "busybox-static:$arch" >/dev/null)
+        } || die "apt-get download busybox-static:$arch failed${conf:+ (APT_CONFIG=$conf)}"
         dpkg-deb -x "$dir.dl"/busybox-static_*.deb "$dir.dl/x"
         mkdir -p "$dir"
         cp "$dir.dl/x/bin/busybox" "$dir/busybox"
@@ -79,6 +87,8 @@ build_board() {
     board_vars "$1"
     local out=$CACHE/images/$BOARD work
     work=$(mktemp -d "$CACHE/tmp.build.XXXXXX")
+    # shellcheck disable=SC2064 # the directory is fixed now
+    trap "rm -rf '$work'" EXIT
     mkdir -p "$out"
 
     say "[$BOARD] kernel and modules ($ARCH)"
@@ -87,8 +97,12 @@ build_board() {
     release=$(cat "$kdir/release")
 
     say "[$BOARD] ovl for $RUST_TARGET (release)"
+    ensure_rust_target "$RUST_TARGET"
     (cd "$REPO" && cargo build --quiet --release --target "$RUST_TARGET" --bin ovl)
     local ovl=$REPO/target/$RUST_TARGET/release/ovl
+    # It runs as /init before anything else is there: it must not need a dynamic loader.
+    file -b "$ovl" | grep -Eq 'statically linked|static-pie linked' ||
+        die "$ovl is not a static binary: $(file -b "$ovl")"
 
     local bb
     bb=$(busybox_for "$ARCH")

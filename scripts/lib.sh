@@ -52,3 +52,14 @@ ensure_host_tools() {
         gdisk:sgdisk busybox-static kmod:depmod cpio:cpio xz-utils:xz
     ensure_rust x86_64-unknown-linux-musl aarch64-unknown-linux-musl
 }
+
+# ensure_rust_target TARGET: the rust target, and for targets that link through a cross gcc
+# (the glibc ones, linked statically as .cargo/config.toml says), that gcc and its C library.
+ensure_rust_target() {
+    case $1 in
+    armv7-unknown-linux-gnueabihf)
+        ensure_packages gcc-arm-linux-gnueabihf:arm-linux-gnueabihf-gcc libc6-dev-armhf-cross
+        ;;
+    esac
+    ensure_rust "$1"
+}

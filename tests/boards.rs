@@ -13,10 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const NOR: &str = "qemu-aarch64-nor";
+const ARMV7_NOR: &str = "qemu-armv7-nor";
 const DISK: &str = "qemu-x86_64-disk";
 const COMBINED: &str = "qemu-x86_64-combined";
 const MIB: u64 = 1 << 20;
-/// Where rootfs_data starts in the NOR bank and on the GPT disk (see qemu-arm/boards.sh).
+/// Where rootfs_data starts in the NOR bank (both NOR boards) and on the GPT disk (see
+/// qemu-arm/boards.sh).
 const NOR_DATA: u64 = 16 * MIB;
 const DISK_DATA: u64 = 33 * MIB;
 const DISK_DATA_LEN: u64 = 64 * MIB;
@@ -306,11 +308,100 @@ fn assert_tmpfs(g: &mut Guest, mode: &str, why: &str) -> Value {
     st
 }
 
-// ---- the NOR router: JFFS2 on CFI flash ----
+// ---- the NOR router: JFFS2 on CFI flash (aarch64, and the same layout on armv7) ----
 
 #[test]
 fn nor_first_boot_persists_and_whiteouts_survive() {
-    let s = Storage::new(NOR, "nor-persist");
+    nor_persists_and_whiteouts_survive(NOR);
+}
+
+#[test]
+fn nor_corrupt_data_boots_on_tmpfs_and_the_rom_is_intact() {
+    nor_corrupt_data_boots_on_tmpfs(NOR);
+}
+
+#[test]
+fn nor_missing_data_partition_boots_on_tmpfs() {
+    nor_missing_data_partition(NOR);
+}
+
+#[test]
+fn nor_failsafe_leaves_the_flash_byte_identical() {
+    nor_failsafe_leaves_the_flash_alone(NOR);
+}
+
+#[test]
+fn nor_marker_is_erased_through_the_mtd_layer() {
+    nor_marker_is_erased(NOR);
+}
+
+#[test]
+fn nor_power_cut_after_sync_keeps_the_data() {
+    power_cut_after_sync(NOR, "jffs2", &log_name(NOR, "cut"));
+}
+
+#[test]
+fn nor_power_cut_during_writes_keeps_what_was_synced() {
+    power_cut_during_writes(NOR, "jffs2", &log_name(NOR, "cut-stream"));
+}
+
+#[test]
+fn nor_jffs2_upper_what_works_and_what_does_not() {
+    nor_jffs2_upper_semantics(NOR);
+}
+
+#[test]
+fn armv7_first_boot_persists_and_whiteouts_survive() {
+    nor_persists_and_whiteouts_survive(ARMV7_NOR);
+}
+
+#[test]
+fn armv7_corrupt_data_boots_on_tmpfs_and_the_rom_is_intact() {
+    nor_corrupt_data_boots_on_tmpfs(ARMV7_NOR);
+}
+
+#[test]
+fn armv7_missing_data_partition_boots_on_tmpfs() {
+    nor_missing_data_partition(ARMV7_NOR);
+}
+
+#[test]
+fn armv7_failsafe_leaves_the_flash_byte_identical() {
+    nor_failsafe_leaves_the_flash_alone(ARMV7_NOR);
+}
+
+#[test]
+fn armv7_marker_is_erased_through_the_mtd_layer() {
+    nor_marker_is_erased(ARMV7_NOR);
+}
+
+#[test]
+fn armv7_power_cut_after_sync_keeps_the_data() {
+    power_cut_after_sync(ARMV7_NOR, "jffs2", &log_name(ARMV7_NOR, "cut"));
+}
+
+#[test]
+fn armv7_power_cut_during_writes_keeps_what_was_synced() {
+    power_cut_during_writes(ARMV7_NOR, "jffs2", &log_name(ARMV7_NOR, "cut-stream"));
+}
+
+#[test]
+fn armv7_jffs2_upper_what_works_and_what_does_not() {
+    nor_jffs2_upper_semantics(ARMV7_NOR);
+}
+
+/// A scenario's log directory: `nor-...` for the aarch64 router, `armv7-...` for the armv7 one.
+fn log_name(board: &str, what: &str) -> String {
+    let tag = match board {
+        NOR => "nor",
+        ARMV7_NOR => "armv7",
+        other => other,
+    };
+    format!("{tag}-{what}")
+}
+
+fn nor_persists_and_whiteouts_survive(board: &'static str) {
+    let s = Storage::new(board, &log_name(board, "persist"));
     let mut g = s.boot(1, &[]);
     let st = g.status();
     assert_persistent(&st, "jffs2", "mount");
@@ -338,9 +429,8 @@ fn nor_first_boot_persists_and_whiteouts_survive() {
     g.poweroff();
 }
 
-#[test]
-fn nor_corrupt_data_boots_on_tmpfs_and_the_rom_is_intact() {
-    let s = Storage::new(NOR, "nor-corrupt");
+fn nor_corrupt_data_boots_on_tmpfs(board: &'static str) {
+    let s = Storage::new(board, &log_name(board, "corrupt"));
     let rom_before = s.read(0, NOR_DATA);
     s.write(NOR_DATA, &random(512 * 1024));
     let mut g = s.boot(1, &[]);
@@ -349,17 +439,15 @@ fn nor_corrupt_data_boots_on_tmpfs_and_the_rom_is_intact() {
     assert_eq!(s.read(0, NOR_DATA), rom_before, "the ROM region changed");
 }
 
-#[test]
-fn nor_missing_data_partition_boots_on_tmpfs() {
-    let s = Storage::new(NOR, "nor-missing");
+fn nor_missing_data_partition(board: &'static str) {
+    let s = Storage::new(board, &log_name(board, "missing"));
     let mut g = s.boot(1, &["--no-data"]);
     assert_tmpfs(&mut g, "tmpfs", "no writable partition (mtd:rootfs_data)");
     g.poweroff();
 }
 
-#[test]
-fn nor_failsafe_leaves_the_flash_byte_identical() {
-    let s = Storage::new(NOR, "nor-failsafe");
+fn nor_failsafe_leaves_the_flash_alone(board: &'static str) {
+    let s = Storage::new(board, &log_name(board, "failsafe"));
     let mut g = s.boot(1, &[]);
     g.run("echo before > /etc/before");
     g.poweroff();
@@ -376,9 +464,8 @@ fn nor_failsafe_leaves_the_flash_byte_identical() {
     );
 }
 
-#[test]
-fn nor_marker_is_erased_through_the_mtd_layer() {
-    let s = Storage::new(NOR, "nor-marker");
+fn nor_marker_is_erased(board: &'static str) {
+    let s = Storage::new(board, &log_name(board, "marker"));
     let mut g = s.boot(1, &[]);
     g.run("echo old > /etc/old");
     g.poweroff();
@@ -398,22 +485,11 @@ fn nor_marker_is_erased_through_the_mtd_layer() {
     g.poweroff();
 }
 
-#[test]
-fn nor_power_cut_after_sync_keeps_the_data() {
-    power_cut_after_sync(NOR, "jffs2", "nor-cut");
-}
-
-#[test]
-fn nor_power_cut_during_writes_keeps_what_was_synced() {
-    power_cut_during_writes(NOR, "jffs2", "nor-cut-stream");
-}
-
 /// JFFS2 as an overlayfs upper on a stock kernel: what works and what does not. Stock JFFS2
 /// has no RENAME_WHITEOUT, so overlayfs cannot rename a lower file or remove a lower directory
 /// (EINVAL, or EXDEV that mv turns into copy+unlink). README.md documents the same list.
-#[test]
-fn nor_jffs2_upper_what_works_and_what_does_not() {
-    let s = Storage::new(NOR, "nor-semantics");
+fn nor_jffs2_upper_semantics(board: &'static str) {
+    let s = Storage::new(board, &log_name(board, "semantics"));
     let mut g = s.boot(1, &[]);
     assert_persistent(&g.status(), "jffs2", "mount");
     for (what, cmd) in [

@@ -97,8 +97,10 @@ impl fmt::Display for MountSpec {
 
 /// Whether `path` is on a ramfs or tmpfs: the kinds an initramfs root is.
 pub fn is_ram_fs(path: &Path) -> bool {
-    // RAMFS_MAGIC from include/uapi/linux/magic.h; nix names only TMPFS_MAGIC.
-    const RAMFS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0x8584_58f6);
+    // RAMFS_MAGIC from include/uapi/linux/magic.h; nix names only TMPFS_MAGIC. FsType is an
+    // i32 on 32-bit glibc, so the magic is written as the u32 it is and cast to fit.
+    #[allow(clippy::unnecessary_cast)]
+    const RAMFS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0x8584_58f6_u32 as _);
     nix::sys::statfs::statfs(path).is_ok_and(|s| {
         s.filesystem_type() == RAMFS_MAGIC || s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC
     })
