@@ -114,9 +114,13 @@ pub fn run(opts: &Options, sys: &mut dyn Sys) -> i32 {
     // 1. The API file systems.
     let early = plan::early_mounts(&layout, |d| is_mountpoint(&target.join(d)));
     let mut ignored = Done::default();
+    let mut static_dev = false;
     for step in &early {
         if let Err(e) = apply::run(sys, std::slice::from_ref(step), &mut ignored) {
             log::error!("{e}");
+            if matches!(step, plan::Step::Mount(m) if m.fstype == "devtmpfs") {
+                static_dev = static_dev_fallback(sys, &target.join("dev"));
+            }
         }
     }
     if opts.kmsg {
@@ -213,6 +217,7 @@ pub fn run(opts: &Options, sys: &mut dyn Sys) -> i32 {
         proc_dir: target.join("proc"),
         sys_dir: opts.sysfs.clone().unwrap_or_else(|| target.join("sys")),
         dev_dir: target.join("dev"),
+        make_nodes: static_dev,
     };
     let wanted = Wanted {
         rom: (boot == BootKind::Initramfs).then_some(rom_sel),
@@ -339,6 +344,38 @@ pub fn run(opts: &Options, sys: &mut dyn Sys) -> i32 {
     }
     clock.lap("switch");
     exec_init(sys, &layout, &mut clock, &init, opts)
+}
+
+/// A kernel without devtmpfs: a tmpfs on /dev with the nodes preinit and init need first;
+/// the storage devices' nodes are made by probe as they appear. Returns whether it worked.
+fn static_dev_fallback(sys: &mut dyn Sys, dev: &Path) -> bool {
+    use crate::sys::MountSpec;
+    use nix::mount::MsFlags;
+    let tmpfs = MountSpec {
+        source: "dev".into(),
+        target: dev.to_path_buf(),
+        fstype: "tmpfs".into(),
+        flags: MsFlags::MS_NOSUID,
+        data: "mode=0755".into(),
+    };
+    if let Err(e) = sys.mount(&tmpfs) {
+        log::error!("{e}");
+        return false;
+    }
+    // The numbers are fixed by the kernel (Documentation/admin-guide/devices.txt).
+    for (name, mode, major, minor) in [
+        ("console", 0o600, 5, 1),
+        ("null", 0o666, 1, 3),
+        ("zero", 0o666, 1, 5),
+        ("kmsg", 0o644, 1, 11),
+        ("loop-control", 0o660, 10, 237),
+    ] {
+        if let Err(e) = sys.mknod(&dev.join(name), false, mode, major, minor) {
+            log::warn!("{e}");
+        }
+    }
+    log::warn!("no devtmpfs: /dev is a tmpfs with nodes made from sysfs");
+    true
 }
 
 impl Board {
@@ -679,6 +716,22 @@ mod tests {
             "{:#?}",
             r.calls
         );
+    }
+
+    #[test]
+    fn without_devtmpfs_dev_is_a_tmpfs_with_the_basic_nodes() {
+        let t = T::new("ovl.timeout=0.05", None, &ext4());
+        let mut r = Recorder::new().failing("(devtmpfs", Errno::ENODEV);
+        assert_eq!(run(&t.opts(), &mut r), 0);
+        let dev = t.p("dev");
+        let tmpfs = r
+            .position(&format!("mount dev on {dev} (tmpfs"))
+            .expect("tmpfs on /dev");
+        let console = r
+            .position(&format!("mknod {dev}/console c 600 5:1"))
+            .unwrap();
+        assert!(tmpfs < console, "{:#?}", r.calls);
+        assert!(r.position("exec /sbin/init").is_some());
     }
 
     #[test]

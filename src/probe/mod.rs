@@ -19,6 +19,9 @@ pub struct Sources {
     pub proc_dir: PathBuf,
     pub sys_dir: PathBuf,
     pub dev_dir: PathBuf,
+    /// /dev is a plain tmpfs (the kernel has no devtmpfs): make the nodes of the devices that
+    /// appear, from the numbers sysfs gives.
+    pub make_nodes: bool,
 }
 
 /// One look at the devices.
@@ -26,6 +29,37 @@ pub struct Sources {
 pub struct Snapshot {
     pub mtd: Vec<mtd::MtdPart>,
     pub blocks: Vec<block::BlockDev>,
+}
+
+/// Makes the missing nodes of block devices (from their uevents) and MTD character devices
+/// (from /sys/class/mtd/*/dev). Only used when /dev is not a devtmpfs.
+pub fn make_nodes(snap: &Snapshot, src: &Sources, sys: &mut dyn Sys) {
+    let mut want: Vec<(String, bool, u32, u32)> = snap
+        .blocks
+        .iter()
+        .map(|b| (b.devname.clone(), true, b.major, b.minor))
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(src.sys_dir.join("class/mtd")) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Ok(text) = std::fs::read_to_string(e.path().join("dev")) else {
+                continue;
+            };
+            if let Some((ma, mi)) = text.trim().split_once(':') {
+                if let (Ok(ma), Ok(mi)) = (ma.parse(), mi.parse()) {
+                    want.push((name, false, ma, mi));
+                }
+            }
+        }
+    }
+    for (name, block, major, minor) in want {
+        let node = src.dev_dir.join(&name);
+        if !node.exists() {
+            if let Err(e) = sys.mknod(&node, block, 0o600, major, minor) {
+                log::warn!("{e}");
+            }
+        }
+    }
 }
 
 pub fn snapshot(src: &Sources) -> Snapshot {
@@ -135,6 +169,9 @@ pub fn find(w: &Wanted, src: &Sources, sys: &mut dyn Sys) -> Found {
     let (mut rom_hit, mut data_hit);
     loop {
         let snap = snapshot(src);
+        if src.make_nodes {
+            make_nodes(&snap, src, sys);
+        }
         rom_hit = w
             .rom
             .as_ref()
@@ -321,6 +358,7 @@ mod tests {
                 proc_dir: dir.path().join("proc"),
                 sys_dir: dir.path().join("sys"),
                 dev_dir: dir.path().join("dev"),
+                make_nodes: false,
             };
             for d in [&src.proc_dir, &src.sys_dir, &src.dev_dir] {
                 std::fs::create_dir_all(d).unwrap();
@@ -564,6 +602,36 @@ mod tests {
             .unwrap_err()
             .contains("no space after the squashfs"));
         assert!(r.calls.is_empty());
+    }
+
+    #[test]
+    fn nodes_are_made_from_sysfs_numbers_when_dev_is_static() {
+        let mut f = Fixture::new();
+        let d = f.src.sys_dir.join("class/block/vdb1");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("uevent"),
+            "MAJOR=254\nMINOR=17\nDEVNAME=vdb1\nDEVTYPE=partition\n",
+        )
+        .unwrap();
+        let m = f.src.sys_dir.join("class/mtd/mtd3");
+        std::fs::create_dir_all(&m).unwrap();
+        std::fs::write(m.join("dev"), "90:6\n").unwrap();
+        std::fs::write(f.src.dev_dir.join("present"), b"").unwrap();
+        f.src.make_nodes = true;
+        let mut r = Recorder::new();
+        find(&wanted(None, Some("/dev/vdb1"), 50), &f.src, &mut r);
+        let dev = f.src.dev_dir.display().to_string();
+        assert!(
+            r.calls.contains(&format!("mknod {dev}/vdb1 b 600 254:17")),
+            "{:?}",
+            r.calls
+        );
+        assert!(
+            r.calls.contains(&format!("mknod {dev}/mtd3 c 600 90:6")),
+            "{:?}",
+            r.calls
+        );
     }
 
     #[test]

@@ -143,6 +143,15 @@ pub trait Sys {
     /// `mount --move`.
     fn move_mount(&mut self, from: &Path, to: &Path) -> SysResult<()>;
     fn mkdir_p(&mut self, path: &Path) -> SysResult<()>;
+    /// A device node: block or character, with its mode and numbers.
+    fn mknod(
+        &mut self,
+        path: &Path,
+        block: bool,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    ) -> SysResult<()>;
     fn chdir(&mut self, path: &Path) -> SysResult<()>;
     fn chroot(&mut self, path: &Path) -> SysResult<()>;
     fn pivot_root(&mut self, new_root: &Path, put_old: &Path) -> SysResult<()>;

@@ -81,6 +81,25 @@ impl Sys for Real {
             .map_err(|e| SysError::new(format!("mkdir {}", path.display()), io_errno(&e)))
     }
 
+    fn mknod(
+        &mut self,
+        path: &Path,
+        block: bool,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    ) -> SysResult<()> {
+        use nix::sys::stat::{makedev, Mode, SFlag};
+        let kind = if block {
+            SFlag::S_IFBLK
+        } else {
+            SFlag::S_IFCHR
+        };
+        let perm = Mode::from_bits_truncate(mode as nix::libc::mode_t);
+        nix::sys::stat::mknod(path, kind, perm, makedev(major.into(), minor.into()))
+            .map_err(|e| SysError::new(format!("mknod {} {major}:{minor}", path.display()), e))
+    }
+
     fn chdir(&mut self, path: &Path) -> SysResult<()> {
         nix::unistd::chdir(path).map_err(|e| SysError::new(format!("chdir {}", path.display()), e))
     }

@@ -58,6 +58,20 @@ impl Sys for Recorder {
     fn mkdir_p(&mut self, path: &Path) -> SysResult<()> {
         self.call(format!("mkdir {}", path.display()))
     }
+    fn mknod(
+        &mut self,
+        path: &Path,
+        block: bool,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    ) -> SysResult<()> {
+        let kind = if block { 'b' } else { 'c' };
+        self.call(format!(
+            "mknod {} {kind} {mode:o} {major}:{minor}",
+            path.display()
+        ))
+    }
     fn chdir(&mut self, path: &Path) -> SysResult<()> {
         self.call(format!("chdir {}", path.display()))
     }
