@@ -20,15 +20,31 @@ COMBINED_PART_MIB=96
 board_vars() {
     BOARD=$1
     case $BOARD in
+    qemu-aarch64-nor | qemu-armv7-nor)
+        CONSOLE=ttyAMA0
+        STORAGE=nor
+        # cmdlinepart is a module: preinit passes it this (the kernel would not).
+        APPEND="cmdlinepart.mtdparts=$NOR_MTDPARTS"
+        ;;
+    qemu-x86_64-disk | qemu-x86_64-combined)
+        ARCH=amd64
+        RUST_TARGET=x86_64-unknown-linux-musl
+        QEMU=qemu-system-x86_64
+        QEMU_MACHINE="-M pc"
+        CONSOLE=ttyS0
+        APPEND=""
+        ;;
+    *)
+        echo "unknown board '$BOARD' (boards: $BOARDS)" >&2
+        return 1
+        ;;
+    esac
+    case $BOARD in
     qemu-aarch64-nor)
         ARCH=arm64
         RUST_TARGET=aarch64-unknown-linux-musl
         QEMU=qemu-system-aarch64
         QEMU_MACHINE="-M virt -cpu cortex-a53"
-        CONSOLE=ttyAMA0
-        STORAGE=nor
-        # cmdlinepart is a module: preinit passes it this (the kernel would not).
-        APPEND="cmdlinepart.mtdparts=$NOR_MTDPARTS"
         ;;
     qemu-armv7-nor)
         # The same NOR router on 32-bit ARM: Debian's armmp kernel, where mtd and chipreg are
@@ -37,31 +53,8 @@ board_vars() {
         RUST_TARGET=armv7-unknown-linux-gnueabihf
         QEMU=qemu-system-arm
         QEMU_MACHINE="-M virt -cpu cortex-a15"
-        CONSOLE=ttyAMA0
-        STORAGE=nor
-        APPEND="cmdlinepart.mtdparts=$NOR_MTDPARTS"
         ;;
-    qemu-x86_64-disk)
-        ARCH=amd64
-        RUST_TARGET=x86_64-unknown-linux-musl
-        QEMU=qemu-system-x86_64
-        QEMU_MACHINE="-M pc"
-        CONSOLE=ttyS0
-        STORAGE=gpt
-        APPEND=""
-        ;;
-    qemu-x86_64-combined)
-        ARCH=amd64
-        RUST_TARGET=x86_64-unknown-linux-musl
-        QEMU=qemu-system-x86_64
-        QEMU_MACHINE="-M pc"
-        CONSOLE=ttyS0
-        STORAGE=combined
-        APPEND=""
-        ;;
-    *)
-        echo "unknown board '$BOARD' (boards: $BOARDS)" >&2
-        return 1
-        ;;
+    qemu-x86_64-disk) STORAGE=gpt ;;
+    qemu-x86_64-combined) STORAGE=combined ;;
     esac
 }
