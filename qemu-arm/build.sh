@@ -96,6 +96,12 @@ build_board() {
     local kdir=$CACHE/kernels/$ARCH release
     release=$(cat "$kdir/release")
 
+    # preinit falls back to tmpfs on a board file it cannot read, but without the board's
+    # modules a router finds no flash at all: refuse to build an image with such a file.
+    say "[$BOARD] checking board/$BOARD.json"
+    (cd "$REPO" && cargo run --quiet --bin ovl -- check-board "board/$BOARD.json" >/dev/null) ||
+        die "board/$BOARD.json is not a valid board file (see the error above)"
+
     say "[$BOARD] ovl for $RUST_TARGET (release)"
     ensure_rust_target "$RUST_TARGET"
     (cd "$REPO" && cargo build --quiet --release --target "$RUST_TARGET" --bin ovl)
