@@ -76,8 +76,13 @@ fn format(
     label: &str,
 ) -> Result<(), SysError> {
     let in_rom = rom.join(mkfs.trim_start_matches('/'));
-    // -F: never ask (a prompt once hung boots); -q: keep the console clean.
-    let argv = |dev: &str| [mkfs, "-F", "-q", "-L", label, dev].map(String::from);
+    // -F: never ask (a prompt once hung boots); -q: keep the console clean. -U and hash_seed:
+    // left to itself mke2fs waits for the kernel's entropy pool, seconds early in a boot.
+    let (uuid, seed) = (uuid(sys), uuid(sys));
+    let seed = format!("hash_seed={seed}");
+    let argv = |dev: &str| {
+        [mkfs, "-F", "-q", "-L", label, "-U", &uuid, "-E", &seed, dev].map(String::from)
+    };
     if sys.exists(&in_rom) {
         let rom_dev = rom.join("dev");
         // Inside the chroot the device is /dev/NAME whatever the target is.
@@ -111,6 +116,23 @@ fn format(
             ),
         ))
     }
+}
+
+/// A random (version 4) UUID in its text form.
+fn uuid(sys: &mut dyn Sys) -> String {
+    let mut b = [0u8; 16];
+    sys.random(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 /// Unmounts what `done` records, newest first. A mount that will not go is detached, so the
@@ -183,7 +205,7 @@ mod tests {
             r.calls,
             [
                 "mount /t/dev on /rom/dev ()",
-                "run /sbin/mkfs.ext4 -F -q -L rootfs_data /dev/vda2 (in /rom)",
+                "run /sbin/mkfs.ext4 -F -q -L rootfs_data -U 5a5a5a5a-5a5a-4a5a-9a5a-5a5a5a5a5a5a -E hash_seed=5a5a5a5a-5a5a-4a5a-9a5a-5a5a5a5a5a5a /dev/vda2 (in /rom)",
                 "umount /rom/dev"
             ]
         );
@@ -201,7 +223,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             r.calls,
-            ["run /usr/sbin/mkfs.ext4 -F -q -L rootfs_data /t/dev/vda2"]
+            ["run /usr/sbin/mkfs.ext4 -F -q -L rootfs_data -U 5a5a5a5a-5a5a-4a5a-9a5a-5a5a5a5a5a5a -E hash_seed=5a5a5a5a-5a5a-4a5a-9a5a-5a5a5a5a5a5a /t/dev/vda2"]
         );
     }
 

@@ -367,6 +367,7 @@ fn static_dev_fallback(sys: &mut dyn Sys, dev: &Path) -> bool {
         ("console", 0o600, 5, 1),
         ("null", 0o666, 1, 3),
         ("zero", 0o666, 1, 5),
+        ("urandom", 0o666, 1, 9),
         ("kmsg", 0o644, 1, 11),
         ("loop-control", 0o660, 10, 237),
     ] {

@@ -131,6 +131,8 @@ impl Guest {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start qemu-arm/boot.sh");
+        // One log per boot: an earlier run's log of the same name is replaced.
+        let _ = std::fs::File::create(&log);
         let out = Arc::new(Mutex::new(Vec::new()));
         for pipe in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,

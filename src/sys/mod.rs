@@ -166,6 +166,8 @@ pub trait Sys {
     fn loop_attach(&mut self, backing: &Path, offset: u64) -> SysResult<PathBuf>;
     fn write_file(&mut self, path: &Path, bytes: &[u8]) -> SysResult<()>;
     fn exists(&mut self, path: &Path) -> bool;
+    /// Random bytes that never wait for the kernel's entropy (identifiers, not keys).
+    fn random(&mut self, buf: &mut [u8]);
     /// Replaces this process with `path`. The real one returns only on failure; the double
     /// returns Ok to say "exec happened".
     fn exec(&mut self, path: &Path, argv: &[String]) -> SysResult<()>;

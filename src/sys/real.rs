@@ -204,6 +204,30 @@ impl Sys for Real {
         std::fs::symlink_metadata(path).is_ok()
     }
 
+    fn random(&mut self, buf: &mut [u8]) {
+        use std::io::Read;
+        // urandom never blocks, even before the kernel's pool is ready (early boot).
+        for p in [self.dev_dir.join("urandom"), PathBuf::from("/dev/urandom")] {
+            if let Ok(mut f) = std::fs::File::open(&p) {
+                if f.read_exact(buf).is_ok() {
+                    return;
+                }
+            }
+        }
+        // No urandom at all: the clock is a poor but non-repeating stand-in.
+        let mut x = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9e37_79b9_7f4a_7c15)
+            ^ u64::from(std::process::id());
+        for b in buf.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+    }
+
     fn exec(&mut self, path: &Path, argv: &[String]) -> SysResult<()> {
         let what = || format!("exec {}", path.display());
         let prog = cstr(path)?;

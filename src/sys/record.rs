@@ -115,6 +115,9 @@ impl Sys for Recorder {
     fn exists(&mut self, path: &Path) -> bool {
         self.existing.iter().any(|p| p == path)
     }
+    fn random(&mut self, buf: &mut [u8]) {
+        buf.fill(0x5a);
+    }
     fn exec(&mut self, path: &Path, argv: &[String]) -> SysResult<()> {
         self.call(format!("exec {} {:?}", path.display(), argv))
     }
