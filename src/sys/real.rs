@@ -11,13 +11,18 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
-#[derive(Default)]
+/// How long a program preinit runs (mkfs.ext4) may take: a lazily initialised ext4 on a large
+/// eMMC formats in seconds; past this the program is hung, and the boot goes on without it.
+pub const RUN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 pub struct Real {
     /// Open loop devices: auto-clear would detach them at our last close, so they stay open
     /// (close-on-exec) until init replaces us; by then the mount holds them.
     held: Vec<OwnedFd>,
     /// Where device nodes are (`<target>/dev`).
     pub dev_dir: PathBuf,
+    /// How long `run` lets a program take.
+    pub run_timeout: std::time::Duration,
 }
 
 impl Real {
@@ -25,6 +30,7 @@ impl Real {
         Real {
             held: Vec::new(),
             dev_dir,
+            run_timeout: RUN_TIMEOUT,
         }
     }
 }
@@ -163,16 +169,42 @@ impl Sys for Real {
                 });
             }
         }
-        let out = cmd
-            .output()
+        let mut child = cmd
+            .spawn()
             .map_err(|e| SysError::new(what.clone(), io_errno(&e)))?;
-        if out.status.success() {
+        // stderr is read beside the wait, so a chatty program cannot fill the pipe and stall.
+        let reader = child.stderr.take().map(|mut pipe| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+                text
+            })
+        });
+        let deadline = std::time::Instant::now() + self.run_timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(SysError::msg(
+                        what,
+                        format!("still running after {:?}, killed", self.run_timeout),
+                    ));
+                }
+                Err(e) => return Err(SysError::new(what, io_errno(&e))),
+            }
+        };
+        if status.success() {
             return Ok(());
         }
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = reader.and_then(|r| r.join().ok()).unwrap_or_default();
         let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         let tail = tail[tail.len().saturating_sub(2)..].join(" / ");
-        Err(SysError::msg(what, format!("{}: {tail}", out.status)))
+        Err(SysError::msg(what, format!("{status}: {tail}")))
     }
 
     fn mtd_erase(&mut self, dev: &Path) -> SysResult<EraseReport> {
@@ -346,4 +378,50 @@ fn kernel_says(m: &MountSpec) -> Option<String> {
         }
     }
     (!msgs.is_empty()).then(|| msgs.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn run_reports_the_exit_status_and_the_last_lines_of_stderr() {
+        let mut r = Real::new("/dev".into());
+        assert!(r.run(None, &argv(&["true"])).is_ok());
+        let e = r
+            .run(
+                None,
+                &argv(&["sh", "-c", "echo one >&2; echo two >&2; exit 3"]),
+            )
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("exit status: 3") && text.contains("one / two"),
+            "{text}"
+        );
+        assert!(r.run(None, &argv(&["/nonexistent/mkfs"])).is_err());
+    }
+
+    #[test]
+    fn a_hung_program_is_killed_at_the_time_limit() {
+        let mut r = Real::new("/dev".into());
+        r.run_timeout = std::time::Duration::from_millis(200);
+        let start = std::time::Instant::now();
+        let e = r.run(None, &argv(&["sleep", "30"])).unwrap_err();
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        assert!(e.to_string().contains("killed"), "{e}");
+    }
+
+    #[test]
+    fn random_bytes_differ_between_calls() {
+        let mut r = Real::new("/nonexistent".into());
+        let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
+        r.random(&mut a);
+        r.random(&mut b);
+        assert_ne!(a, b);
+    }
 }
