@@ -116,6 +116,13 @@ impl Board {
             .unwrap_or(FsChoice::Auto)
     }
 
+    /// The board's choice, unless `ovl.fstype=` on the command line names a valid one.
+    pub fn fs_choice_or(&self, cmdline: Option<&str>) -> FsChoice {
+        cmdline
+            .and_then(|s| FsChoice::parse(s).ok())
+            .unwrap_or_else(|| self.fs_choice())
+    }
+
     pub fn format_policy(&self) -> FormatPolicy {
         self.format
             .as_deref()
@@ -476,6 +483,14 @@ mod tests {
             Board::parse("b.json", big.as_bytes()),
             Err(BoardError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn command_line_fstype_overrides_the_board_when_valid() {
+        let b = Board::parse("b.json", br#"{"name":"x","fstype":"jffs2"}"#).unwrap();
+        assert_eq!(b.fs_choice_or(None), FsChoice::Jffs2);
+        assert_eq!(b.fs_choice_or(Some("ext4")), FsChoice::Ext4);
+        assert_eq!(b.fs_choice_or(Some("xfs")), FsChoice::Jffs2);
     }
 
     #[test]

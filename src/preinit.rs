@@ -5,7 +5,7 @@
 //! ROM alone, loudly; and if no init can be executed, PID 1 reboots rather than hang.
 
 use crate::apply::{self, Done};
-use crate::board::{Board, FsChoice, Selector};
+use crate::board::{Board, Selector};
 use crate::cmdline::Cmdline;
 use crate::plan::{self, BootKind, Layout, Mode, Plan, PlanInput, Request};
 use crate::probe::{self, Sources, Wanted};
@@ -377,15 +377,6 @@ fn static_dev_fallback(sys: &mut dyn Sys, dev: &Path) -> bool {
     }
     log::warn!("no devtmpfs: /dev is a tmpfs with nodes made from sysfs");
     true
-}
-
-impl Board {
-    /// `ovl.fstype=` overrides the board's choice.
-    fn fs_choice_or(&self, cmdline: Option<&str>) -> FsChoice {
-        cmdline
-            .and_then(|s| FsChoice::parse(s).ok())
-            .unwrap_or_else(|| self.fs_choice())
-    }
 }
 
 fn choose_init(cmdline: &Cmdline, board: &Board, boot: BootKind) -> String {

@@ -156,8 +156,6 @@ pub struct Wanted {
 pub struct Found {
     pub rom: Result<RomFound, String>,
     pub data: Result<DataFound, String>,
-    /// The partition the ROM was found on.
-    pub rom_hit: Option<Hit>,
 }
 
 /// Waits up to the timeout for the ROM and the writable partition, then identifies them.
@@ -226,7 +224,7 @@ pub fn find(w: &Wanted, src: &Sources, sys: &mut dyn Sys) -> Found {
         },
         (Some(sel), None) => Err(format!("no writable partition ({sel}) after {waited} ms")),
     };
-    Found { rom, data, rom_hit }
+    Found { rom, data }
 }
 
 fn check_rom(hit: &Hit, src: &Sources) -> Result<RomFound, String> {
