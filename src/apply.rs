@@ -6,10 +6,28 @@ use crate::sys::{MountSpec, Sys, SysError};
 use nix::mount::MsFlags;
 use std::path::{Path, PathBuf};
 
-/// Mounts made so far, in order; [`undo`] takes them down in reverse.
+/// What a step did that can be taken back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Undo {
+    Unmount(PathBuf),
+    /// A mount moved from `from` to `to`: moved back on undo.
+    Move {
+        from: PathBuf,
+        to: PathBuf,
+    },
+}
+
+/// What was done so far, in order; [`undo`] takes it back in reverse.
 #[derive(Debug, Default)]
 pub struct Done {
-    pub mounts: Vec<PathBuf>,
+    pub undo: Vec<Undo>,
+}
+
+impl Done {
+    /// Whether anything was mounted (the ROM step, say).
+    pub fn mounted_any(&self) -> bool {
+        self.undo.iter().any(|u| matches!(u, Undo::Unmount(_)))
+    }
 }
 
 pub fn run(sys: &mut dyn Sys, steps: &[Step], done: &mut Done) -> Result<(), SysError> {
@@ -24,17 +42,25 @@ fn step(sys: &mut dyn Sys, s: &Step, done: &mut Done) -> Result<(), SysError> {
         Step::Mkdir(p) => sys.mkdir_p(p),
         Step::Mount(m) => {
             sys.mount(m)?;
-            done.mounts.push(m.target.clone());
+            done.undo.push(Undo::Unmount(m.target.clone()));
             Ok(())
         }
-        Step::Move { from, to } => sys.move_mount(from, to),
+        Step::Move { from, to } => {
+            sys.move_mount(from, to)?;
+            done.undo.push(Undo::Move {
+                from: from.clone(),
+                to: to.clone(),
+            });
+            Ok(())
+        }
+        Step::CheckWritable { root, upper } => sys.check_writable(root, upper),
         Step::Format {
             device,
             mkfs,
             rom,
-            dev_dir,
+            root,
             label,
-        } => format(sys, device, mkfs, rom, dev_dir, label),
+        } => format(sys, device, mkfs, rom, root, label),
         Step::Erase { char_dev } => {
             log::info!("erasing {char_dev} (reset marker found)");
             let r = sys.mtd_erase(Path::new(char_dev))?;
@@ -66,16 +92,20 @@ fn step(sys: &mut dyn Sys, s: &Step, done: &mut Done) -> Result<(), SysError> {
 }
 
 /// Formats `device` with mkfs.ext4: chrooted in the ROM when it ships mkfs (the initramfs
-/// then needs none), with the live /dev bound over the ROM's empty one; else from `/`.
+/// then needs none), with the live /dev bound over the ROM's empty one; else chrooted in
+/// `root` (the target: `/` on a device), so that nothing outside the target is executed.
 fn format(
     sys: &mut dyn Sys,
     device: &str,
     mkfs: &str,
     rom: &Path,
-    dev_dir: &Path,
+    root: &Path,
     label: &str,
 ) -> Result<(), SysError> {
+    let dev_dir = root.join("dev");
+    let dev_dir = dev_dir.as_path();
     let in_rom = rom.join(mkfs.trim_start_matches('/'));
+    let in_root = root.join(mkfs.trim_start_matches('/'));
     // -F: never ask (a prompt once hung boots); -q: keep the console clean. -U and hash_seed:
     // left to itself mke2fs waits for the kernel's entropy pool, seconds early in a boot.
     let (uuid, seed) = (uuid(sys), uuid(sys));
@@ -83,13 +113,13 @@ fn format(
     let argv = |dev: &str| {
         [mkfs, "-F", "-q", "-L", label, "-U", &uuid, "-E", &seed, dev].map(String::from)
     };
+    // Inside the chroot the device is /dev/NAME whatever the target is.
+    let inner = match Path::new(device).strip_prefix(dev_dir) {
+        Ok(rel) => Path::new("/dev").join(rel).display().to_string(),
+        Err(_) => device.to_string(),
+    };
     if sys.exists(&in_rom) {
         let rom_dev = rom.join("dev");
-        // Inside the chroot the device is /dev/NAME whatever the target is.
-        let inner = match Path::new(device).strip_prefix(dev_dir) {
-            Ok(rel) => Path::new("/dev").join(rel).display().to_string(),
-            Err(_) => device.to_string(),
-        };
         log::info!("formatting {device} with {mkfs} from the ROM");
         sys.mount(&MountSpec {
             source: dev_dir.display().to_string(),
@@ -104,15 +134,16 @@ fn format(
             log::warn!("{e}");
         }
         r
-    } else if sys.exists(Path::new(mkfs)) {
+    } else if sys.exists(&in_root) {
         log::info!("formatting {device} with {mkfs}");
-        sys.run(None, &argv(device))
+        sys.run(Some(root), &argv(&inner))
     } else {
         Err(SysError::msg(
             format!("format {device}"),
             format!(
-                "{mkfs} is neither in the ROM ({}) nor in /",
-                in_rom.display()
+                "{mkfs} is neither in the ROM ({}) nor in {}",
+                in_rom.display(),
+                root.display()
             ),
         ))
     }
@@ -135,13 +166,23 @@ fn uuid(sys: &mut dyn Sys) -> String {
     )
 }
 
-/// Unmounts what `done` records, newest first. A mount that will not go is detached, so the
-/// fallback can mount over its mount point.
+/// Takes back what `done` records, newest first: moved mounts go back where they were, and
+/// mounts are unmounted. A mount that will not go is detached, so the fallback can mount over
+/// its mount point.
 pub fn undo(sys: &mut dyn Sys, done: &mut Done) {
-    while let Some(target) = done.mounts.pop() {
-        if sys.umount(&target, false).is_err() {
-            if let Err(e) = sys.umount(&target, true) {
-                log::warn!("{e}");
+    while let Some(u) = done.undo.pop() {
+        match u {
+            Undo::Move { from, to } => {
+                if let Err(e) = sys.move_mount(&to, &from) {
+                    log::warn!("{e}");
+                }
+            }
+            Undo::Unmount(target) => {
+                if sys.umount(&target, false).is_err() {
+                    if let Err(e) = sys.umount(&target, true) {
+                        log::warn!("{e}");
+                    }
+                }
             }
         }
     }
@@ -172,18 +213,33 @@ mod tests {
         let e = run(&mut r, &[m("/a"), m("/b"), m("/c")], &mut done).unwrap_err();
         assert_eq!(e.errno, Some(Errno::EINVAL));
         assert_eq!(r.calls.len(), 2);
-        assert_eq!(done.mounts, vec![PathBuf::from("/a")]);
+        assert_eq!(done.undo, vec![Undo::Unmount("/a".into())]);
     }
 
     #[test]
     fn undo_unmounts_newest_first_and_detaches_stuck_mounts() {
         let mut r = Recorder::new().failing("umount /b", Errno::EBUSY);
         let mut done = Done {
-            mounts: vec!["/a".into(), "/b".into()],
+            undo: vec![
+                Undo::Unmount("/a".into()),
+                Undo::Unmount("/b".into()),
+                Undo::Move {
+                    from: "/dev".into(),
+                    to: "/newroot/dev".into(),
+                },
+            ],
         };
         undo(&mut r, &mut done);
-        assert_eq!(r.calls, ["umount /b", "umount /b (detach)", "umount /a"]);
-        assert!(done.mounts.is_empty());
+        assert_eq!(
+            r.calls,
+            [
+                "move /newroot/dev /dev",
+                "umount /b",
+                "umount /b (detach)",
+                "umount /a"
+            ]
+        );
+        assert!(done.undo.is_empty());
     }
 
     fn format(mkfs: &str) -> Step {
@@ -191,7 +247,7 @@ mod tests {
             device: "/t/dev/vda2".into(),
             mkfs: mkfs.into(),
             rom: "/rom".into(),
-            dev_dir: "/t/dev".into(),
+            root: "/t".into(),
             label: "rootfs_data".into(),
         }
     }
@@ -214,16 +270,17 @@ mod tests {
     #[test]
     fn format_uses_the_current_root_when_the_rom_lacks_mkfs() {
         let mut r = Recorder::new();
-        r.existing = vec!["/usr/sbin/mkfs.ext4".into()];
+        r.existing = vec!["/t/usr/sbin/mkfs.ext4".into(), "/usr/sbin/mkfs.ext4".into()];
         run(
             &mut r,
             &[format("/usr/sbin/mkfs.ext4")],
             &mut Done::default(),
         )
         .unwrap();
+        // Chrooted in the target: a host's own mkfs is never what runs.
         assert_eq!(
             r.calls,
-            ["run /usr/sbin/mkfs.ext4 -F -q -L rootfs_data -U 5a5a5a5a-5a5a-4a5a-9a5a-5a5a5a5a5a5a -E hash_seed=5a5a5a5a-5a5a-4a5a-9a5a-5a5a5a5a5a5a /t/dev/vda2"]
+            ["run /usr/sbin/mkfs.ext4 -F -q -L rootfs_data -U 5a5a5a5a-5a5a-4a5a-9a5a-5a5a5a5a5a5a -E hash_seed=5a5a5a5a-5a5a-4a5a-9a5a-5a5a5a5a5a5a /dev/vda2 (in /t)"]
         );
     }
 

@@ -40,9 +40,10 @@ pub enum Command {
 
 #[derive(clap::Args, Debug)]
 pub struct PreinitArgs {
-    /// Work below this directory instead of / (tests).
-    #[arg(long, value_name = "DIR", default_value = "/")]
-    pub target: PathBuf,
+    /// Work below this directory instead of / (tests): nothing outside it is written or
+    /// executed. Required unless preinit runs as PID 1.
+    #[arg(long, value_name = "DIR")]
+    pub target: Option<PathBuf>,
     /// Read the kernel command line from this file instead of <target>/proc/cmdline.
     #[arg(long, value_name = "FILE")]
     pub cmdline_file: Option<PathBuf>,

@@ -7,6 +7,7 @@ pub mod apply;
 pub mod board;
 pub mod cli;
 pub mod cmdline;
+pub mod config;
 pub mod klog;
 pub mod loopdev;
 pub mod mtd;

@@ -11,17 +11,26 @@ use std::process::ExitCode;
 fn boot(opts: Options) -> ExitCode {
     let mut sys = Real::new(opts.target.join("dev"));
     let code = preinit::run(&opts, &mut sys);
-    ExitCode::from(code.clamp(0, 255) as u8)
+    ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(255))
 }
 
-/// A panic in PID 1 would panic the kernel. The boot code is written not to panic; should it
-/// all the same, say so and still try to run an init rather than take the device down.
+/// A panic in PID 1 would panic the kernel, and a kernel panic on a router is a boot loop with
+/// no word of why. The boot code is written not to panic; should it all the same, say so in
+/// kmsg and on the console, wait, and reboot: the same dead end as a boot with nothing to run.
 fn last_words(info: &std::panic::PanicHookInfo) {
-    log::error!("BUG: {info}; trying to start init anyway");
-    for init in ["/sbin/init", "/etc/init", "/bin/init", "/bin/sh"] {
-        if let Ok(p) = std::ffi::CString::new(init) {
-            let _ = nix::unistd::execv(&p, &[&p]);
+    let line = format!(
+        "preinit: BUG: {info}; rebooting in {} s\n",
+        preinit::REBOOT_DELAY.as_secs()
+    );
+    for dev in ["/dev/kmsg", "/dev/console"] {
+        if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(dev) {
+            let _ = std::io::Write::write_all(&mut f, line.as_bytes());
         }
+    }
+    std::thread::sleep(preinit::REBOOT_DELAY);
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
     }
 }
 
@@ -34,9 +43,14 @@ fn main() -> ExitCode {
     if name == "preinit" || name == "init" {
         ovl::klog::init("preinit");
         let pid1 = nix::unistd::getpid().as_raw() == 1;
-        if pid1 {
-            std::panic::set_hook(Box::new(last_words));
+        if !pid1 {
+            eprintln!(
+                "{name}: refusing to run: not PID 1. As {name} this binary boots the device \
+                 (it would replace the live root); use `ovlctl preinit --target DIR` to try it."
+            );
+            return ExitCode::from(2);
         }
+        std::panic::set_hook(Box::new(last_words));
         return boot(Options {
             target: PathBuf::from("/"),
             // The kernel hands init whatever bytes the command line had: no UTF-8 promised.
@@ -45,6 +59,7 @@ fn main() -> ExitCode {
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect(),
             kmsg: pid1,
+            pid1,
             ..Options::default()
         });
     }
@@ -52,14 +67,28 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Preinit(a) => {
             ovl::klog::init("preinit");
+            let pid1 = nix::unistd::getpid().as_raw() == 1;
+            // By hand on a running system, preinit would switch (and free) the live root.
+            let Some(target) = a.target.or_else(|| pid1.then(|| PathBuf::from("/"))) else {
+                eprintln!(
+                    "ovlctl: preinit: refusing to run: not PID 1 and no --target given. It \
+                     mounts, switches the root and execs init; on a running system that would \
+                     replace the live root. Give --target DIR to boot below DIR (tests)."
+                );
+                return ExitCode::from(2);
+            };
+            if pid1 {
+                std::panic::set_hook(Box::new(last_words));
+            }
             boot(Options {
-                target: a.target,
+                target,
                 cmdline_file: a.cmdline_file,
                 board_file: a.board,
                 sysfs: a.sysfs,
                 boot: a.boot.map(Into::into),
                 init_args: a.init_args,
-                kmsg: a.kmsg || nix::unistd::getpid().as_raw() == 1,
+                kmsg: a.kmsg || pid1,
+                pid1,
             })
         }
         Command::Status { json, state } => {

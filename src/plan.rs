@@ -143,14 +143,20 @@ pub enum Step {
         from: PathBuf,
         to: PathBuf,
     },
-    /// Runs mkfs.ext4 chrooted in the ROM when the ROM has it at `mkfs`, else from `/`.
-    /// `dev_dir` is bound over the ROM's empty /dev for the run.
+    /// Runs mkfs.ext4 chrooted in the ROM when the ROM has it at `mkfs`, else chrooted in
+    /// `root` (the target). `root`/dev is bound over the ROM's empty /dev for the run.
     Format {
         device: String,
         mkfs: String,
         rom: PathBuf,
-        dev_dir: PathBuf,
+        root: PathBuf,
         label: String,
+    },
+    /// The new root must really be writable: overlayfs mounts read-only without failing when
+    /// it cannot use its upper (a full partition, a work directory it cannot create).
+    CheckWritable {
+        root: PathBuf,
+        upper: PathBuf,
     },
     Erase {
         char_dev: String,
@@ -270,12 +276,24 @@ pub fn build(input: &PlanInput) -> Plan {
 }
 
 /// The same plan with a tmpfs upper, for a fallback decided before or during apply.
-pub fn with_tmpfs(mut plan: Plan, input: &PlanInput, mode: Mode, reason: String) -> Plan {
+pub fn with_tmpfs(plan: Plan, input: &PlanInput, mode: Mode, reason: String) -> Plan {
+    with_tmpfs_sized(plan, input, &input.tmpfs_size, mode, reason)
+}
+
+/// [`with_tmpfs`] with another size than the input's (the default, once the kernel refused
+/// the configured one).
+pub fn with_tmpfs_sized(
+    mut plan: Plan,
+    input: &PlanInput,
+    size: &str,
+    mode: Mode,
+    reason: String,
+) -> Plan {
     let o = input.layout.overlay_dir();
     let mut data = "mode=0755".to_string();
-    if !input.tmpfs_size.is_empty() {
+    if !size.is_empty() {
         data.push_str(",size=");
-        data.push_str(&input.tmpfs_size);
+        data.push_str(size);
     }
     plan.upper = vec![
         Step::Mkdir(o.clone()),
@@ -350,7 +368,7 @@ fn persistent_upper(input: &PlanInput, data: &DataFound) -> Result<Upper, String
                 device: dev.clone(),
                 mkfs: input.mkfs.clone(),
                 rom: input.layout.rom_dir(),
-                dev_dir: input.layout.target.join("dev"),
+                root: input.layout.target.clone(),
                 label: input.data_label.clone(),
             });
             "format"
@@ -395,36 +413,48 @@ fn root_steps(l: &Layout) -> Vec<Step> {
         o.join("upper").display(),
         o.join("work").display()
     );
-    vec![
-        Step::Mkdir(l.new_root()),
+    let nr = l.new_root();
+    let mut steps = vec![
+        Step::Mkdir(nr.clone()),
         mount(
             "ovl:persistent",
-            l.new_root(),
+            nr.clone(),
             "overlay",
             MsFlags::MS_NOATIME,
             &data,
         ),
-    ]
+        Step::CheckWritable {
+            root: nr.clone(),
+            upper: o.join("upper"),
+        },
+    ];
+    // Mount points missing from the ROM are made in the new root now, while a failure (a full
+    // upper) can still be undone and fall back to tmpfs.
+    for name in moved(l) {
+        steps.push(Step::Mkdir(nr.join(name)));
+    }
+    if l.boot == BootKind::Rootfs {
+        steps.push(Step::Mkdir(nr.join("rom")));
+    }
+    steps
 }
 
-fn switch_steps(l: &Layout) -> Vec<Step> {
-    let nr = l.new_root();
-    let t = &l.target;
-    let mut steps = Vec::new();
+/// The mounts carried into the new root, relative to target.
+fn moved(l: &Layout) -> Vec<&'static str> {
     let mut moved: Vec<&str> = Vec::new();
     if l.boot == BootKind::Initramfs {
         moved.push("rom");
     }
     moved.push("overlay");
     moved.extend(l.carried());
-    // Mount points missing from the ROM are made in the new root (it is writable now).
-    for name in &moved {
-        steps.push(Step::Mkdir(nr.join(name)));
-    }
-    if l.boot == BootKind::Rootfs {
-        steps.push(Step::Mkdir(nr.join("rom")));
-    }
-    for name in &moved {
+    moved
+}
+
+fn switch_steps(l: &Layout) -> Vec<Step> {
+    let nr = l.new_root();
+    let t = &l.target;
+    let mut steps = Vec::new();
+    for name in moved(l) {
         steps.push(Step::Move {
             from: t.join(name),
             to: nr.join(name),
@@ -600,7 +630,7 @@ mod tests {
                 device: "/dev/vda2".into(),
                 mkfs: "/usr/sbin/mkfs.ext4".into(),
                 rom: "/t/rom".into(),
-                dev_dir: "/t/dev".into(),
+                root: "/t".into(),
                 label: "rootfs_data".into()
             }
         );

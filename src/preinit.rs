@@ -1,30 +1,37 @@
-//! preinit: probe -> plan -> apply, then exec the real init.
+//! preinit: the boot, as one story.
 //!
-//! Never panics and never gives up: any failure on the way to a persistent overlay ends in the
-//! tmpfs fallback with the reason logged and published; if even that fails, init runs on the
-//! ROM alone, loudly; and if no init can be executed, PID 1 reboots rather than hang.
+//! 1. setup: the API file systems, logging;
+//! 2. inputs: the command line and the board file, resolved once into a [`Config`];
+//! 3. modules; 4. find the ROM and the writable partition; 5. plan (pure);
+//! 6. the fallback ladder ([`ladder`]): persistent, then tmpfs, then the ROM alone, then a
+//!    reboot, each rung undone completely before the next is tried;
+//! 7. publish the state once and exec init.
+//!
+//! Never panics and never gives up: every failure on the way to a persistent overlay ends in
+//! the tmpfs fallback with the reason logged and published.
 
 use crate::apply::{self, Done};
 use crate::board::{Board, Selector};
 use crate::cmdline::Cmdline;
-use crate::plan::{self, BootKind, Layout, Mode, Plan, PlanInput, Request};
+use crate::config::{self, Config, Value};
+use crate::plan::{self, BootKind, Layout, Mode, Plan, PlanInput, Request, Step};
 use crate::probe::{self, Sources, Wanted};
 use crate::state::{self, fit, State};
-use crate::sys::Sys;
+use crate::sys::{Sys, SysError};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub const DEFAULT_BOARD: &str = "etc/ovl/board.json";
-pub const DEFAULT_INIT: &str = "/sbin/init";
-pub const DEFAULT_MKFS: &str = "/usr/sbin/mkfs.ext4";
-pub const DEFAULT_TIMEOUT_MS: u32 = 3000;
-pub const DEFAULT_TMPFS_SIZE: &str = "50%";
+/// How long the console shows why a boot cannot go on before PID 1 reboots.
+pub const REBOOT_DELAY: Duration = Duration::from_secs(10);
+/// Inits tried after the configured one, in order.
+const FALLBACK_INITS: [&str; 4] = [config::DEFAULT_INIT, "/etc/init", "/bin/init", "/bin/sh"];
 
 /// Inputs that are fixed on a device and given as flags in tests.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
-    /// The root preinit works in: `/` on a device.
+    /// The root preinit works in: `/` on a device. Nothing outside it is written or executed.
     pub target: PathBuf,
     /// Kernel command line file; default `<target>/proc/cmdline`.
     pub cmdline_file: Option<PathBuf>,
@@ -38,8 +45,11 @@ pub struct Options {
     pub init_args: Vec<String>,
     /// Log to `<target>/dev/kmsg` (set when running as PID 1).
     pub kmsg: bool,
+    /// PID 1: a dead end reboots instead of returning.
+    pub pid1: bool,
 }
 
+/// Step timings and the state being published.
 struct Clock {
     start: Instant,
     last: Instant,
@@ -49,15 +59,19 @@ struct Clock {
 impl Clock {
     fn lap(&mut self, step: &str) {
         let now = Instant::now();
-        self.state
-            .add_step(step, now.duration_since(self.last).as_micros() as u64);
+        let us = u64::try_from(now.duration_since(self.last).as_micros()).unwrap_or(u64::MAX);
+        self.state.add_step(step, us);
         self.last = now;
     }
 }
 
 fn boottime_us() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-        .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000)
+        .map(|t| {
+            let secs = u64::try_from(t.tv_sec()).unwrap_or(0);
+            let us = u64::try_from(t.tv_nsec()).unwrap_or(0) / 1000;
+            secs.saturating_mul(1_000_000).saturating_add(us)
+        })
         .unwrap_or(0)
 }
 
@@ -79,22 +93,16 @@ fn is_mountpoint(dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
-fn parse_timeout(s: &str) -> Option<Duration> {
-    let secs: f64 = s.parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
-}
-
 /// Runs preinit to the exec of init. Returns only when nothing could be executed and the
 /// caller is not PID 1 (the exit code), or in tests with a double that "execs".
 pub fn run(opts: &Options, sys: &mut dyn Sys) -> i32 {
-    let started_us = boottime_us();
     let now = Instant::now();
     let mut clock = Clock {
         start: now,
         last: now,
         state: State {
             version: state::VERSION,
-            started_us,
+            started_us: boottime_us(),
             ..State::default()
         },
     };
@@ -110,26 +118,306 @@ pub fn run(opts: &Options, sys: &mut dyn Sys) -> i32 {
         boot,
         run_name,
     };
+    clock.state.boot = fit(boot.name());
 
     // 1. The API file systems.
-    let early = plan::early_mounts(&layout, |d| is_mountpoint(&target.join(d)));
-    let mut ignored = Done::default();
-    let mut static_dev = false;
-    for step in &early {
-        if let Err(e) = apply::run(sys, std::slice::from_ref(step), &mut ignored) {
-            log::error!("{e}");
-            if matches!(step, plan::Step::Mount(m) if m.fstype == "devtmpfs") {
-                static_dev = static_dev_fallback(sys, &target.join("dev"));
-            }
-        }
-    }
+    let static_dev = setup(sys, &layout);
     if opts.kmsg {
         crate::klog::to_kmsg(&target.join("dev/kmsg"));
     }
     log::info!("starting ({} boot)", boot.name());
     clock.lap("setup");
 
-    // 2. Command line and board.
+    // 2. Command line and board, resolved once.
+    let (cmdline, board, board_error) = read_inputs(opts, &target);
+    if !board.name.is_empty() {
+        clock.state.board = Some(fit(&board.name));
+    }
+    let cfg = Config::resolve(&cmdline, &board, boot);
+    for note in &cfg.notes {
+        log::warn!("{note}");
+        clock.state.add_note(note);
+    }
+    clock.state.init = fit(&cfg.init.value);
+
+    // 3. Modules.
+    load_modules(&board, &cmdline, &target, sys, &mut clock.state);
+    clock.lap("modules");
+
+    // 4. Find the ROM and the writable partition.
+    let src = Sources {
+        proc_dir: target.join("proc"),
+        sys_dir: opts.sysfs.clone().unwrap_or_else(|| target.join("sys")),
+        dev_dir: target.join("dev"),
+        make_nodes: static_dev,
+    };
+    let (rom, data) = find(&cfg, boot, &src, sys, &mut clock.state);
+    // Without a valid board file the layout is unknown: nothing of the flash is touched.
+    let data = match board_error {
+        Some(e) => Err(e),
+        None => data,
+    };
+    match &data {
+        Ok(d) => log::info!("writable partition {} holds {}", d.device, d.content.name()),
+        Err(e) if cfg.request == Request::Normal => log::warn!("{e}"),
+        Err(_) => {}
+    }
+    if let Ok(r) = &rom {
+        clock.state.rom = Some(fit(&r.device));
+    } else if boot == BootKind::Rootfs {
+        clock.state.rom = Some(fit("/"));
+    }
+    if let Ok(d) = &data {
+        clock.state.data = Some(fit(&d.device));
+        clock.state.data_content = Some(fit(d.content.name()));
+    }
+    clock.lap("find");
+
+    // 5. Plan.
+    let input = PlanInput {
+        layout: layout.clone(),
+        request: cfg.request,
+        rom,
+        data,
+        fs: cfg.fs.value,
+        format: cfg.format,
+        mkfs: cfg.mkfs.value.clone(),
+        data_label: cfg.data_label.value.clone(),
+        tmpfs_size: cfg.tmpfs_size.value.clone(),
+    };
+
+    // 6. The fallback ladder, then 7. publish and exec.
+    let outcome = ladder(sys, &input, &cfg, &mut clock);
+    finish(sys, &layout, &mut clock, outcome, &cfg.init.value, opts)
+}
+
+/// How the ladder ended.
+enum Outcome {
+    /// Switched into an overlay (or, as a last resort, into the ROM alone).
+    Switched {
+        mode: Mode,
+        reason: Option<String>,
+        /// What was done to the writable partition and what it was mounted as (persistent).
+        data: Option<(&'static str, &'static str)>,
+    },
+    /// A rootfs boot left on its own read-only ROM: init runs there.
+    RomInPlace { reason: String },
+    /// Nothing to run: no ROM could be mounted in an initramfs boot.
+    NoRom { reason: String },
+}
+
+/// The fallback ladder. Each rung is tried only when the one before failed, and each failed
+/// rung is undone completely (moved mounts back, mounts unmounted) first:
+///
+/// 1. the plan: persistent, or tmpfs/failsafe when plan decided so (failsafe, volatile, no
+///    usable partition); a persistent rung that failed with a board value that is not the
+///    default (mkfs, label) is tried once more with the defaults;
+/// 2. a tmpfs upper of the configured size; 3. a tmpfs upper of the default size, when the
+///    kernel refused the configured one;
+/// 4. the ROM alone, read-only: the switch into the ROM (initramfs) or init in place (rootfs);
+/// 5. nothing at all: an initramfs boot without a ROM has nothing to run.
+fn ladder(sys: &mut dyn Sys, input: &PlanInput, cfg: &Config, clock: &mut Clock) -> Outcome {
+    let layout = &input.layout;
+    if let (BootKind::Initramfs, Err(why)) = (layout.boot, &input.rom) {
+        return Outcome::NoRom {
+            reason: why.clone(),
+        };
+    }
+    let plan = plan::build(input);
+    let mut rom_done = Done::default();
+    if let Err(e) = apply::run(sys, &plan.rom, &mut rom_done) {
+        apply::undo(sys, &mut rom_done);
+        return Outcome::NoRom {
+            reason: e.to_string(),
+        };
+    }
+    clock.lap("rom");
+
+    // Rung 1: the plan.
+    let mut failures: Vec<String> = Vec::new();
+    match attempt(sys, &plan, clock) {
+        Ok(()) => return switched(&plan),
+        Err(e) => {
+            log::error!("{e}");
+            failures.push(e.to_string());
+        }
+    }
+    if plan.mode == Mode::Persistent {
+        if let Some(retry) = with_default_format(input, cfg) {
+            let again = plan::build(&retry);
+            match attempt(sys, &again, clock) {
+                Ok(()) => {
+                    clock.state.add_note(&format!(
+                        "the board's mkfs or label failed; the defaults {} -L {} worked: {}",
+                        config::DEFAULT_MKFS,
+                        config::DEFAULT_DATA_LABEL,
+                        failures.join("; "),
+                    ));
+                    return switched(&again);
+                }
+                Err(e) => {
+                    log::error!("{e}");
+                    failures.push(format!("with the default mkfs and label: {e}"));
+                }
+            }
+        }
+    }
+
+    // Rungs 2 and 3: tmpfs, of the configured size and then of the default one.
+    let mode = match plan.mode {
+        Mode::Persistent => Mode::Tmpfs,
+        m => m,
+    };
+    // Why the boot is not persistent: the plan's own reason, then what failed on the way.
+    let why = |failures: &[String]| {
+        let mut parts: Vec<String> = Vec::new();
+        if plan.mode != Mode::Persistent {
+            parts.extend(plan.reason.clone());
+        }
+        parts.extend(failures.iter().cloned());
+        parts.join("; ")
+    };
+    let mut sizes = vec![cfg.tmpfs_size.clone()];
+    if !cfg.tmpfs_size.is_default() {
+        sizes.push(Value {
+            value: config::DEFAULT_TMPFS_SIZE.to_string(),
+            from: config::From::Default,
+        });
+    }
+    let mut tmpfs_failures = Vec::new();
+    let mut skip = 0;
+    if plan.mode != Mode::Persistent {
+        // Rung 1 was this tmpfs of the configured size already.
+        tmpfs_failures.append(&mut failures);
+        skip = 1;
+    }
+    for size in sizes.iter().skip(skip) {
+        let reason = why(&failures);
+        let tmpfs = plan::with_tmpfs_sized(plan.clone(), input, &size.value, mode, reason);
+        match attempt(sys, &tmpfs, clock) {
+            Ok(()) => {
+                if let Some(refused) = tmpfs_failures.first() {
+                    clock.state.add_note(&format!(
+                        "tmpfs size {} from {} refused; used the default {}: {refused}",
+                        cfg.tmpfs_size.value, cfg.tmpfs_size.from, size.value
+                    ));
+                }
+                return switched(&tmpfs);
+            }
+            Err(e) => {
+                log::error!("{e}");
+                tmpfs_failures.push(e.to_string());
+            }
+        }
+    }
+    failures.push(format!(
+        "then the tmpfs overlay failed too: {}",
+        tmpfs_failures.join("; ")
+    ));
+
+    // Rung 4: the ROM alone.
+    let reason = why(&failures);
+    log::error!("NO OVERLAY: {reason}");
+    log::error!("running init on the read-only ROM as a last resort");
+    let steps = plan::rom_only(layout, rom_done.mounted_any());
+    if steps.is_empty() {
+        return Outcome::RomInPlace { reason };
+    }
+    let mut done = Done::default();
+    match apply::run(sys, &steps, &mut done) {
+        Ok(()) => Outcome::Switched {
+            mode: Mode::Rom,
+            reason: Some(reason),
+            data: None,
+        },
+        Err(e) => {
+            apply::undo(sys, &mut done);
+            // Rung 5: not even the ROM can be switched into.
+            Outcome::NoRom {
+                reason: format!("{reason}; then switching into the ROM failed: {e}"),
+            }
+        }
+    }
+}
+
+fn switched(plan: &Plan) -> Outcome {
+    Outcome::Switched {
+        mode: plan.mode,
+        reason: plan.reason.clone(),
+        data: plan.data_action.zip(plan.data_fstype),
+    }
+}
+
+/// The persistent plan once more with the built-in mkfs and label, when the board's differ
+/// and the plan formats (a program may refuse a label or be missing where the board says).
+fn with_default_format(input: &PlanInput, cfg: &Config) -> Option<PlanInput> {
+    let formats = plan::build(input)
+        .upper
+        .iter()
+        .any(|s| matches!(s, Step::Format { .. }));
+    if !formats || (cfg.mkfs.is_default() && cfg.data_label.is_default()) {
+        return None;
+    }
+    let mut retry = input.clone();
+    retry.mkfs = config::DEFAULT_MKFS.to_string();
+    retry.data_label = config::DEFAULT_DATA_LABEL.to_string();
+    Some(retry)
+}
+
+/// One rung: the upper, the overlay (checked writable, mount points made) and the switch.
+/// On failure everything it did is undone.
+fn attempt(sys: &mut dyn Sys, plan: &Plan, clock: &mut Clock) -> Result<(), SysError> {
+    let mut done = Done::default();
+    let r = apply::run(sys, &plan.upper, &mut done)
+        .map(|()| clock.lap("upper"))
+        .and_then(|()| apply::run(sys, &plan.root, &mut done))
+        .map(|()| clock.lap("root"))
+        .and_then(|()| apply::run(sys, &plan.switch, &mut done))
+        .map(|()| clock.lap("switch"));
+    if r.is_err() {
+        apply::undo(sys, &mut done);
+    }
+    r.map_err(explain)
+}
+
+/// Says plainly what a failed write probe means.
+fn explain(e: SysError) -> SysError {
+    use nix::errno::Errno;
+    if !e.what.starts_with("check that") {
+        return e;
+    }
+    let plain = match e.errno {
+        Some(Errno::ENOSPC | Errno::EDQUOT) => "the writable partition is full",
+        Some(Errno::EROFS) => "the overlay is read-only",
+        None => "the overlay is read-only (overlayfs could not use the upper)",
+        _ => "the overlay is not writable",
+    };
+    let mut e = e;
+    e.what = format!("{plain}: {}", e.what);
+    e
+}
+
+/// Mounts /proc, /sys, /dev and the run-time tmpfs unless mounted. Returns whether /dev had to
+/// be a plain tmpfs (no devtmpfs): then probe makes the device nodes.
+fn setup(sys: &mut dyn Sys, layout: &Layout) -> bool {
+    let target = &layout.target;
+    let early = plan::early_mounts(layout, |d| is_mountpoint(&target.join(d)));
+    let mut ignored = Done::default();
+    let mut static_dev = false;
+    for step in &early {
+        if let Err(e) = apply::run(sys, std::slice::from_ref(step), &mut ignored) {
+            log::error!("{e}");
+            if matches!(step, Step::Mount(m) if m.fstype == "devtmpfs") {
+                static_dev = static_dev_fallback(sys, &target.join("dev"));
+            }
+        }
+    }
+    static_dev
+}
+
+/// The command line and the board file. A board file that cannot be read or parsed gives
+/// the defaults and its error, which sends the boot to tmpfs.
+fn read_inputs(opts: &Options, target: &Path) -> (Cmdline, Board, Option<String>) {
     let cmdline_path = opts
         .cmdline_file
         .clone()
@@ -147,203 +435,107 @@ pub fn run(opts: &Options, sys: &mut dyn Sys) -> i32 {
         _ => target.join(DEFAULT_BOARD),
     };
     let board_path_s = board_path.display().to_string();
-    let (board, board_error) = if board_path.exists() {
-        match Board::load(&board_path_s) {
-            Ok(b) => (b, None),
-            Err(e) => {
-                log::error!("{e}");
-                (Board::default(), Some(e.to_string()))
-            }
-        }
-    } else {
+    if !board_path.exists() {
         log::info!("no board file at {board_path_s}; using defaults");
-        (Board::default(), None)
-    };
-    if !board.name.is_empty() {
-        clock.state.board = Some(fit(&board.name));
+        return (cmdline, Board::default(), None);
     }
+    match Board::load(&board_path_s) {
+        Ok(b) => (cmdline, b, None),
+        Err(e) => {
+            log::error!("{e}");
+            (cmdline, Board::default(), Some(e.to_string()))
+        }
+    }
+}
 
-    // 3. Modules.
-    let module_dir = board
-        .module_dir
-        .as_deref()
-        .map(|d| target.join(d.trim_start_matches('/')))
-        .unwrap_or_else(|| {
-            let release = nix::sys::utsname::uname()
-                .map(|u| u.release().to_string_lossy().into_owned())
-                .unwrap_or_default();
-            target.join("lib/modules").join(release)
-        });
-    load_modules(
-        &board,
-        &cmdline,
-        &module_dir,
-        &target,
+/// Finds the ROM and the writable partition with the first selector of each; a selector that
+/// finds nothing (a typo on the command line, a board file for another layout) is followed by
+/// the next one (the board's, then auto), with a note. Later candidates do not wait again:
+/// the devices had their time.
+fn find(
+    cfg: &Config,
+    boot: BootKind,
+    src: &Sources,
+    sys: &mut dyn Sys,
+    state: &mut State,
+) -> (
+    Result<plan::RomFound, String>,
+    Result<plan::DataFound, String>,
+) {
+    let want_rom = boot == BootKind::Initramfs;
+    let want_data = cfg.request != Request::Failsafe;
+    let first = |v: &[Value<Selector>]| v.first().map(|s| s.value.clone());
+    let found = probe::find(
+        &Wanted {
+            rom: if want_rom { first(&cfg.rom) } else { None },
+            data: if want_data { first(&cfg.data) } else { None },
+            timeout: cfg.timeout.value,
+        },
+        src,
         sys,
-        &mut clock.state,
     );
-    clock.lap("modules");
-
-    // 4. Find the ROM and the writable partition.
-    let request = if cmdline.flag("ovl.failsafe") || cmdline.flag("failsafe") {
-        Request::Failsafe
-    } else if cmdline.flag("ovl.volatile") {
-        Request::Volatile
-    } else {
-        Request::Normal
-    };
-    let mut selector_errors = Vec::new();
-    let mut selector = |cmd: Option<&str>, board: Option<&str>, what: &str| -> Selector {
-        let text = cmd.or(board).unwrap_or("auto");
-        Selector::parse(text).unwrap_or_else(|e| {
-            selector_errors.push(format!("{what}: {e}"));
-            Selector::Auto
-        })
-    };
-    // root= is the kernel's own way to name the ROM; it may use the PARTLABEL=/LABEL= forms.
-    let rom_sel = selector(
-        cmdline.get("ovl.rom").or_else(|| cmdline.get("root")),
-        board.rom.as_deref(),
-        "ovl.rom",
-    );
-    let data_sel = selector(cmdline.get("ovl.data"), board.data.as_deref(), "ovl.data");
-    let timeout = cmdline
-        .get("ovl.timeout")
-        .and_then(parse_timeout)
-        .unwrap_or_else(|| {
-            Duration::from_millis(board.device_timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS) as u64)
+    let (mut rom, mut data) = (found.rom, found.data);
+    if want_rom {
+        rom = retry(rom, &cfg.rom, "ROM", state, |sel| {
+            probe::find(
+                &Wanted {
+                    rom: Some(sel),
+                    data: None,
+                    timeout: Duration::ZERO,
+                },
+                src,
+                &mut *sys,
+            )
+            .rom
         });
-    let src = Sources {
-        proc_dir: target.join("proc"),
-        sys_dir: opts.sysfs.clone().unwrap_or_else(|| target.join("sys")),
-        dev_dir: target.join("dev"),
-        make_nodes: static_dev,
-    };
-    let wanted = Wanted {
-        rom: (boot == BootKind::Initramfs).then_some(rom_sel),
-        data: (request != Request::Failsafe).then_some(data_sel),
-        timeout,
-    };
-    let found = probe::find(&wanted, &src, sys);
-    let mut data = found.data;
-    if let Some(e) = board_error.or_else(|| selector_errors.first().cloned()) {
-        data = Err(e);
     }
-    match &data {
-        Ok(d) => log::info!("writable partition {} holds {}", d.device, d.content.name()),
-        Err(e) if request == Request::Normal => log::warn!("{e}"),
-        Err(_) => {}
+    // A data selector that names nothing is retried only in normal boots: failsafe looks at
+    // nothing, volatile keeps nothing.
+    if want_data && cfg.request == Request::Normal && data.is_err() {
+        let rom_sel = rom.as_ref().ok().and(first(&cfg.rom));
+        data = retry(data, &cfg.data, "writable partition", state, |sel| {
+            probe::find(
+                &Wanted {
+                    rom: rom_sel.clone(),
+                    data: Some(sel),
+                    timeout: Duration::ZERO,
+                },
+                src,
+                &mut *sys,
+            )
+            .data
+        });
     }
-    if let Ok(r) = &found.rom {
-        clock.state.rom = Some(fit(&r.device));
-    } else if boot == BootKind::Rootfs {
-        clock.state.rom = Some(fit("/"));
-    }
-    if let Ok(d) = &data {
-        clock.state.data = Some(fit(&d.device));
-        clock.state.data_content = Some(fit(d.content.name()));
-    }
-    clock.lap("find");
+    (rom, data)
+}
 
-    // 5. Plan and apply.
-    let input = PlanInput {
-        layout: layout.clone(),
-        request,
-        rom: found.rom.clone(),
-        data,
-        fs: board.fs_choice_or(cmdline.get("ovl.fstype")),
-        format: board.format_policy(),
-        mkfs: board.mkfs.as_deref().unwrap_or(DEFAULT_MKFS).to_string(),
-        data_label: board
-            .data_label
-            .as_deref()
-            .unwrap_or("rootfs_data")
-            .to_string(),
-        tmpfs_size: cmdline
-            .get("ovl.tmpfs_size")
-            .or(board.tmpfs_size.as_deref())
-            .unwrap_or(DEFAULT_TMPFS_SIZE)
-            .to_string(),
+/// Tries the candidates after the first while `found` names no device. Only "not found" is
+/// retried: a device that was found but holds something else is a decision, not a typo.
+fn retry<T>(
+    found: Result<T, String>,
+    candidates: &[Value<Selector>],
+    what: &str,
+    state: &mut State,
+    mut look: impl FnMut(Selector) -> Result<T, String>,
+) -> Result<T, String> {
+    let Err(first_err) = &found else {
+        return found;
     };
-    let init = choose_init(&cmdline, &board, boot);
-    clock.state.init = fit(&init);
-
-    if let (BootKind::Initramfs, Err(why)) = (boot, &found.rom) {
-        return last_resort(sys, &layout, &mut clock, false, why, &init, opts);
+    if !first_err.starts_with("no ") {
+        return found;
     }
-    let mut plan = plan::build(&input);
-    let mut done = Done::default();
-    if let Err(e) = apply::run(sys, &plan.rom, &mut done) {
-        return last_resort(sys, &layout, &mut clock, false, &e.to_string(), &init, opts);
-    }
-    clock.lap("rom");
-    let rom_mounts = std::mem::take(&mut done.mounts);
-
-    let upper_and_root = |plan: &Plan, sys: &mut dyn Sys, clock: &mut Clock| {
-        let mut done = Done::default();
-        let r = apply::run(sys, &plan.upper, &mut done)
-            .map(|_| clock.lap("upper"))
-            .and_then(|_| apply::run(sys, &plan.root, &mut done));
-        if r.is_err() {
-            apply::undo(sys, &mut done);
-        }
-        r
-    };
-    if let Err(e) = upper_and_root(&plan, sys, &mut clock) {
-        if plan.mode != Mode::Persistent {
-            return last_resort(
-                sys,
-                &layout,
-                &mut clock,
-                !rom_mounts.is_empty(),
-                &e.to_string(),
-                &init,
-                opts,
+    for cand in candidates.iter().skip(1) {
+        if let Ok(hit) = look(cand.value.clone()) {
+            let note = format!(
+                "{what}: {first_err}; found it with {} ({})",
+                cand.value, cand.from
             );
-        }
-        log::error!("{e}");
-        plan = plan::with_tmpfs(plan, &input, Mode::Tmpfs, e.to_string());
-        if let Err(e2) = upper_and_root(&plan, sys, &mut clock) {
-            let why = format!("{e}; then the tmpfs overlay failed too: {e2}");
-            return last_resort(
-                sys,
-                &layout,
-                &mut clock,
-                !rom_mounts.is_empty(),
-                &why,
-                &init,
-                opts,
-            );
+            log::warn!("{note}");
+            state.add_note(&note);
+            return Ok(hit);
         }
     }
-    clock.lap("root");
-    match (&plan.mode, &plan.reason) {
-        (Mode::Persistent, _) => log::info!(
-            "persistent overlay on {} ({}, {})",
-            clock.state.data.as_deref().unwrap_or("?"),
-            plan.data_fstype.unwrap_or("?"),
-            plan.data_action.unwrap_or("?")
-        ),
-        (m, Some(why)) => log::warn!("{} overlay: {why}", m.name()),
-        (m, None) => log::warn!("{} overlay", m.name()),
-    }
-    clock.state.mode = fit(plan.mode.name());
-    clock.state.reason = plan.reason.as_deref().map(fit);
-    clock.state.data_fstype = plan.data_fstype.map(fit);
-    clock.state.data_action = plan.data_action.map(fit);
-    clock.state.boot = fit(boot.name());
-
-    // 6. Switch into the new root.
-    if let Err(e) = apply::run(sys, &plan.switch, &mut Done::default()) {
-        // Part of the switch may have happened; init in whatever root we have beats none.
-        let why = format!("switching into the overlay failed: {e}");
-        log::error!("{why}");
-        clock.state.mode = fit(Mode::Rom.name());
-        clock.state.reason = Some(fit(&why));
-        return exec_init(sys, &layout, &mut clock, &init, opts);
-    }
-    clock.lap("switch");
-    exec_init(sys, &layout, &mut clock, &init, opts)
+    found
 }
 
 /// A kernel without devtmpfs: a tmpfs on /dev with the nodes preinit and init need first;
@@ -379,30 +571,23 @@ fn static_dev_fallback(sys: &mut dyn Sys, dev: &Path) -> bool {
     true
 }
 
-fn choose_init(cmdline: &Cmdline, board: &Board, boot: BootKind) -> String {
-    // With an initramfs the kernel ignores init= and leaves it to us; booted from the ROM,
-    // init= is preinit itself.
-    let kernel_init = match boot {
-        BootKind::Initramfs => cmdline.get("init"),
-        BootKind::Rootfs => None,
-    };
-    cmdline
-        .get("ovl.init")
-        .or(kernel_init)
-        .filter(|s| !s.is_empty())
-        .or(board.init.as_deref())
-        .unwrap_or(DEFAULT_INIT)
-        .to_string()
-}
-
 fn load_modules(
     board: &Board,
     cmdline: &Cmdline,
-    dir: &Path,
     target: &Path,
     sys: &mut dyn Sys,
     state: &mut State,
 ) {
+    let dir = board
+        .module_dir
+        .as_deref()
+        .map(|d| target.join(d.trim_start_matches('/')))
+        .unwrap_or_else(|| {
+            let release = nix::sys::utsname::uname()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default();
+            target.join("lib/modules").join(release)
+        });
     for m in &board.modules {
         let name = crate::cmdline::normalize_module(&m.name);
         // Built in, or loaded already (by the kernel or an earlier entry).
@@ -428,7 +613,7 @@ fn load_modules(
             params.push_str(&extra);
         }
         match sys.finit_module(&file, &params) {
-            Ok(()) => state.modules_loaded += 1,
+            Ok(()) => state.modules_loaded = state.modules_loaded.saturating_add(1),
             Err(e) if e.errno == Some(nix::errno::Errno::EEXIST) => {}
             Err(e) => {
                 log::warn!("{e}");
@@ -441,87 +626,144 @@ fn load_modules(
     }
 }
 
-/// No overlay could be built: run init on the ROM alone, read-only, and say so loudly.
-fn last_resort(
+/// Publishes the outcome once and execs init; or, with nothing to run, says so and reboots.
+fn finish(
     sys: &mut dyn Sys,
     layout: &Layout,
     clock: &mut Clock,
-    rom_mounted: bool,
-    why: &str,
+    outcome: Outcome,
     init: &str,
     opts: &Options,
 ) -> i32 {
-    log::error!("NO OVERLAY: {why}");
-    log::error!("running init on the read-only ROM as a last resort");
-    clock.state.mode = fit(Mode::Rom.name());
-    clock.state.reason = Some(fit(why));
-    clock.state.boot = fit(layout.boot.name());
-    let steps = plan::rom_only(layout, rom_mounted);
-    if let Err(e) = apply::run(sys, &steps, &mut Done::default()) {
-        log::error!("{e}");
+    let (switched, mode, reason) = match outcome {
+        Outcome::Switched { mode, reason, data } => {
+            if let Some((action, fstype)) = data {
+                clock.state.data_action = Some(fit(action));
+                clock.state.data_fstype = Some(fit(fstype));
+            }
+            (true, mode, reason)
+        }
+        Outcome::RomInPlace { reason } => (false, Mode::Rom, Some(reason)),
+        Outcome::NoRom { reason } => {
+            return no_rom(sys, layout, clock, &reason, opts);
+        }
+    };
+    match (mode, &reason) {
+        (Mode::Persistent, _) => log::info!(
+            "persistent overlay on {} ({}, {})",
+            clock.state.data.as_deref().unwrap_or("?"),
+            clock.state.data_fstype.as_deref().unwrap_or("?"),
+            clock.state.data_action.as_deref().unwrap_or("?"),
+        ),
+        (m, Some(why)) => log::warn!("{} overlay: {why}", m.name()),
+        (m, None) => log::warn!("{} overlay", m.name()),
     }
-    exec_init(sys, layout, clock, init, opts)
+    clock.state.mode = fit(mode.name());
+    clock.state.reason = reason.as_deref().map(fit);
+    exec_init(sys, layout, clock, init, opts, switched)
 }
 
-fn write_state(sys: &mut dyn Sys, layout: &Layout, state: &State) {
-    let json = match state.to_json() {
+/// An initramfs boot where no ROM could be mounted: there is nothing to run. One clear line on
+/// the console and in kmsg, the state (mode `none`, never `rom`), a pause, a reboot.
+fn no_rom(sys: &mut dyn Sys, layout: &Layout, clock: &mut Clock, why: &str, opts: &Options) -> i32 {
+    let line = format!(
+        "FATAL: no ROM could be mounted ({why}): nothing to run; rebooting in {} s",
+        REBOOT_DELAY.as_secs()
+    );
+    log::error!("{line}");
+    if opts.kmsg {
+        // The console may not be where kmsg goes: say it there too.
+        let _ = std::fs::write(
+            layout.target.join("dev/console"),
+            format!("preinit: {line}\n"),
+        );
+    }
+    clock.state.mode = fit("none");
+    clock.state.reason = Some(fit(why));
+    write_state(sys, layout, clock, false);
+    dead_end(sys, opts, 3)
+}
+
+/// PID 1 must not exit (the kernel would panic): wait so a person can read why, then reboot.
+/// Anything else returns `code`.
+fn dead_end(sys: &mut dyn Sys, opts: &Options, code: i32) -> i32 {
+    if !opts.pid1 {
+        return code;
+    }
+    sys.sleep(REBOOT_DELAY);
+    loop {
+        match sys.reboot() {
+            // Only the test double comes back from a reboot.
+            Ok(()) => return code,
+            Err(e) => log::error!("{e}"),
+        }
+        sys.sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Writes the state file into the run-time tmpfs: `/run` after the switch, else under the
+/// target, so that nothing outside the target is ever written.
+fn write_state(sys: &mut dyn Sys, layout: &Layout, clock: &mut Clock, switched: bool) {
+    clock.state.total_us = u64::try_from(clock.start.elapsed().as_micros()).unwrap_or(u64::MAX);
+    clock.state.peak_rss_kib =
+        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+            .map(|u| u64::try_from(u.max_rss()).unwrap_or(0))
+            .unwrap_or(0);
+    let json = match clock.state.to_json() {
         Ok(j) => j,
         Err(e) => {
             log::error!("state: {e}");
             return;
         }
     };
-    // After the switch the run-time tmpfs is at /run; if the switch did not happen it is
-    // still below the target.
-    let after = plan::after_switch(layout, &layout.run_dir());
-    for dir in [after, layout.run_dir()] {
-        let dir = dir.join(state::STATE_DIR);
-        if sys.mkdir_p(&dir).is_ok() && sys.write_file(&dir.join(state::STATE_FILE), &json).is_ok()
-        {
-            return;
-        }
+    let run = if switched {
+        plan::after_switch(layout, &layout.run_dir())
+    } else {
+        layout.run_dir()
+    };
+    let dir = run.join(state::STATE_DIR);
+    let r = sys
+        .mkdir_p(&dir)
+        .and_then(|()| sys.write_file(&dir.join(state::STATE_FILE), &json));
+    if let Err(e) = r {
+        log::error!("could not write the state file: {e}");
     }
-    log::error!("could not write the state file");
 }
 
+/// Execs init, then the usual others. Before a switch, init is looked up below the target.
 fn exec_init(
     sys: &mut dyn Sys,
     layout: &Layout,
     clock: &mut Clock,
     init: &str,
     opts: &Options,
+    switched: bool,
 ) -> i32 {
-    clock.state.total_us = clock.start.elapsed().as_micros() as u64;
-    clock.state.peak_rss_kib =
-        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
-            .map(|u| u.max_rss().max(0) as u64)
-            .unwrap_or(0);
-    write_state(sys, layout, &clock.state);
-    let mut tried = Vec::new();
-    for cand in [init, DEFAULT_INIT, "/etc/init", "/bin/init", "/bin/sh"] {
+    write_state(sys, layout, clock, switched);
+    let mut tried: Vec<&str> = Vec::new();
+    for cand in std::iter::once(init).chain(FALLBACK_INITS) {
         if tried.contains(&cand) {
             continue;
         }
         tried.push(cand);
+        let path = if switched {
+            PathBuf::from(cand)
+        } else {
+            layout.target.join(cand.trim_start_matches('/'))
+        };
         let mut argv = vec![cand.to_string()];
         argv.extend(opts.init_args.iter().cloned());
-        match sys.exec(Path::new(cand), &argv) {
+        match sys.exec(&path, &argv) {
             Ok(()) => return 0,
             Err(e) => log::error!("{e}"),
         }
     }
-    log::error!("no init could be executed (tried {})", tried.join(", "));
-    if nix::unistd::getpid().as_raw() == 1 {
-        // PID 1 must not exit (the kernel would panic); a reboot may bring a working boot.
-        std::thread::sleep(Duration::from_secs(5));
-        if let Err(e) = sys.reboot() {
-            log::error!("{e}");
-        }
-        loop {
-            std::thread::sleep(Duration::from_secs(3600));
-        }
-    }
-    1
+    log::error!(
+        "FATAL: no init could be executed (tried {}); rebooting in {} s",
+        tried.join(", "),
+        REBOOT_DELAY.as_secs()
+    );
+    dead_end(sys, opts, 1)
 }
 
 #[cfg(test)]
@@ -646,16 +888,148 @@ mod tests {
     }
 
     #[test]
-    fn missing_rom_runs_init_in_place_as_last_resort() {
+    fn a_rom_selector_that_finds_nothing_is_followed_by_auto_with_a_note() {
         let t = T::new("ovl.rom=/dev/none ovl.timeout=0.05", None, &ext4());
         let mut r = Recorder::new();
         assert_eq!(run(&t.opts(), &mut r), 0);
         assert!(
-            !r.calls.iter().any(|c| c.contains("overlay")),
+            r.position("mount ovl:persistent").is_some(),
             "{:#?}",
             r.calls
         );
+        let state = state_of(&r);
+        assert!(
+            state.notes[0].contains("found it with auto"),
+            "{:?}",
+            state.notes
+        );
+    }
+
+    /// The state preinit wrote last, read back from the recorded write.
+    fn state_of(r: &Recorder) -> State {
+        let (_, bytes) = r
+            .written
+            .iter()
+            .rev()
+            .find(|(p, _)| p.ends_with("ovl/state.json"))
+            .expect("a state file was written");
+        State::from_json(bytes).unwrap()
+    }
+
+    #[test]
+    fn without_a_rom_nothing_runs_and_pid1_reboots() {
+        let t = T::new("ovl.timeout=0.05", None, &ext4());
+        std::fs::remove_file(t.dir.path().join("dev/vda1")).unwrap();
+        let mut r = Recorder::new();
+        assert_eq!(run(&t.opts(), &mut r), 3);
+        assert!(r.position("exec").is_none(), "{:#?}", r.calls);
+        assert!(r.position("reboot").is_none());
+        let st = r.position(&format!("write {}", t.p("run/ovl/state.json")));
+        assert!(st.is_some(), "state under the target: {:#?}", r.calls);
+
+        let mut opts = t.opts();
+        opts.pid1 = true;
+        let mut r = Recorder::new();
+        run(&opts, &mut r);
+        let sleep = r
+            .position("sleep 10000ms")
+            .expect("a pause to read the console");
+        assert!(sleep < r.position("reboot").unwrap(), "{:#?}", r.calls);
+        assert!(r.position("exec").is_none());
+    }
+
+    #[test]
+    fn a_read_only_overlay_falls_back_to_tmpfs() {
+        let t = T::new("", None, &ext4());
+        let newroot = t.p("newroot");
+        let mut r = Recorder::new().failing(&format!("check writable {newroot}"), Errno::EROFS);
+        // Only the first check fails: the tmpfs overlay's passes.
+        r.fail_once = true;
+        assert_eq!(run(&t.opts(), &mut r), 0);
+        let check = r.position("check writable").unwrap();
+        let undo = r.position(&format!("umount {newroot}")).unwrap();
+        let tmpfs = r.position("mount ovl:tmpfs").unwrap();
+        assert!(check < undo && undo < tmpfs, "{:#?}", r.calls);
         assert!(r.position("exec /sbin/init").is_some());
+    }
+
+    #[test]
+    fn mount_points_that_cannot_be_made_in_a_full_upper_fall_back_to_tmpfs() {
+        let t = T::new("", None, &ext4());
+        let mut r =
+            Recorder::new().failing(&format!("mkdir {}", t.p("newroot/run")), Errno::ENOSPC);
+        r.fail_once = true;
+        assert_eq!(run(&t.opts(), &mut r), 0);
+        let failed = r
+            .position("mkdir ")
+            .map(|_| ())
+            .and(r.position(&format!("mkdir {}", t.p("newroot/run"))))
+            .unwrap();
+        let tmpfs = r.position("mount ovl:tmpfs").unwrap();
+        assert!(failed < tmpfs, "{:#?}", r.calls);
+        // Nothing was moved into the persistent root before the failure.
+        assert!(
+            r.calls[..tmpfs].iter().all(|c| !c.starts_with("move ")),
+            "{:#?}",
+            r.calls
+        );
+    }
+
+    #[test]
+    fn a_move_that_fails_is_undone_before_the_fallback() {
+        let t = T::new("", None, &ext4());
+        let mut r = Recorder::new().failing(&format!("move {} ", t.p("proc")), Errno::EINVAL);
+        r.fail_once = true;
+        assert_eq!(run(&t.opts(), &mut r), 0);
+        let back = r
+            .position(&format!(
+                "move {} {}",
+                t.p("newroot/overlay"),
+                t.p("overlay")
+            ))
+            .expect("the overlay moved back");
+        assert!(
+            back < r.position("mount ovl:tmpfs").unwrap(),
+            "{:#?}",
+            r.calls
+        );
+    }
+
+    #[test]
+    fn a_refused_tmpfs_size_is_retried_with_the_default_and_published() {
+        let t = T::new("ovl.failsafe ovl.tmpfs_size=12q", None, &ext4());
+        let mut r = Recorder::new().failing("size=12q", Errno::EINVAL);
+        assert_eq!(run(&t.opts(), &mut r), 0);
+        assert!(r.position("size=50%").is_some(), "{:#?}", r.calls);
+        let st = state_of(&r);
+        assert_eq!(st.mode.as_str(), "failsafe");
+        assert!(
+            st.notes
+                .iter()
+                .any(|n| n.contains("12q") && n.contains("50%")),
+            "{:?}",
+            st.notes
+        );
+    }
+
+    #[test]
+    fn a_board_mkfs_that_fails_is_retried_with_the_default() {
+        let board = r#"{"name":"b","mkfs":"/sbin/mke2fs","data_label":"x"}"#;
+        let t = T::new("", Some(board), &[0xff; 4096]);
+        let mut r = Recorder::new().failing("run /sbin/mke2fs", Errno::ENOENT);
+        r.existing = vec![
+            t.dir.path().join("sbin/mke2fs"),
+            t.dir.path().join("usr/sbin/mkfs.ext4"),
+        ];
+        assert_eq!(run(&t.opts(), &mut r), 0);
+        assert!(
+            r.position("run /usr/sbin/mkfs.ext4 -F -q -L rootfs_data")
+                .is_some(),
+            "{:#?}",
+            r.calls
+        );
+        assert!(r.position("mount ovl:persistent").is_some());
+        assert!(state_of(&r).notes.iter().any(|n| n.contains("defaults")));
     }
 
     #[test]
@@ -724,23 +1098,5 @@ mod tests {
             .unwrap();
         assert!(tmpfs < console, "{:#?}", r.calls);
         assert!(r.position("exec /sbin/init").is_some());
-    }
-
-    #[test]
-    fn init_choice() {
-        let b = Board::default();
-        let c = Cmdline::parse("init=/bin/x");
-        assert_eq!(choose_init(&c, &b, BootKind::Initramfs), "/bin/x");
-        assert_eq!(choose_init(&c, &b, BootKind::Rootfs), DEFAULT_INIT);
-        let c = Cmdline::parse("init=/bin/x ovl.init=/bin/y");
-        assert_eq!(choose_init(&c, &b, BootKind::Rootfs), "/bin/y");
-    }
-
-    #[test]
-    fn timeouts() {
-        assert_eq!(parse_timeout("2"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_timeout("0.5"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_timeout("-1"), None);
-        assert_eq!(parse_timeout("soon"), None);
     }
 }

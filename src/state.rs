@@ -10,7 +10,7 @@ pub const STATE_FILE: &str = "state.json";
 /// Where ovlctl looks, in order (the ROM may lack /run, then preinit uses /tmp).
 pub const STATE_PATHS: [&str; 2] = ["/run/ovl/state.json", "/tmp/ovl/state.json"];
 pub const VERSION: u32 = 1;
-const MAX_BYTES: usize = 4096;
+const MAX_BYTES: usize = 8192;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timing {
@@ -44,6 +44,9 @@ pub struct State {
     /// preinit's own peak resident set (children such as mkfs not counted).
     pub peak_rss_kib: u64,
     pub steps: heapless::Vec<Timing, 10>,
+    /// Values that were refused (by the parser, the kernel or a program) and what was used
+    /// instead; what else a person should know about this boot.
+    pub notes: heapless::Vec<Text<200>, 6>,
 }
 
 /// Cuts `s` to fit, at a character boundary, marking the cut.
@@ -74,6 +77,11 @@ impl State {
         serde_json_core::from_slice_escaped(bytes, &mut scratch)
             .map(|(s, _)| s)
             .map_err(|e| e.to_string())
+    }
+
+    /// Keeps the first notes when there are too many: the earliest refusal explains the rest.
+    pub fn add_note(&mut self, note: &str) {
+        let _ = self.notes.push(fit(note));
     }
 
     pub fn add_step(&mut self, step: &str, us: u64) {

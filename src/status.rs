@@ -78,6 +78,32 @@ struct UpperJson<'a> {
     total_bytes: u64,
     used_bytes: u64,
     free_bytes: u64,
+    /// Free inodes; null where the file system does not count them (JFFS2).
+    free_inodes: Option<u64>,
+    /// Less than [`LOW_SPACE_PERCENT`] of the space or of the inodes is free.
+    low_space: bool,
+}
+
+/// Below this share of free space (or free inodes) on /overlay, status warns: JFFS2 needs a
+/// few free erase blocks for garbage collection, and a full upper stops every write.
+pub const LOW_SPACE_PERCENT: u64 = 10;
+
+/// Space on /overlay as statvfs gives it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Space {
+    pub total: u64,
+    pub free: u64,
+    pub inodes: u64,
+    pub free_inodes: u64,
+}
+
+impl Space {
+    fn low(&self) -> bool {
+        let low = |free: u64, total: u64| {
+            total > 0 && free.saturating_mul(100) < total.saturating_mul(LOW_SPACE_PERCENT)
+        };
+        low(self.free, self.total) || low(self.free_inodes, self.inodes)
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -110,13 +136,14 @@ struct StatusJson<'a> {
     modules_failed: &'a [crate::board::Text<32>],
     times: TimesJson,
     steps: &'a [crate::state::Timing],
+    notes: &'a [crate::board::Text<200>],
 }
 
 pub struct Status {
     pub state: State,
     pub mounts: Vec<MountInfo>,
-    /// statvfs of /overlay: (total, free) bytes.
-    pub overlay_space: Option<(u64, u64)>,
+    /// statvfs of /overlay.
+    pub overlay_space: Option<Space>,
 }
 
 impl Status {
@@ -138,7 +165,8 @@ impl Status {
         let overlay = top(&self.mounts, "/overlay");
         let root = top(&self.mounts, "/");
         let rom = top(&self.mounts, "/rom");
-        let (total, free) = self.overlay_space.unwrap_or((0, 0));
+        let space = self.overlay_space.unwrap_or_default();
+        let (total, free) = (space.total, space.free);
         StatusJson {
             mode: &s.mode,
             persistent: self.persistent(),
@@ -162,6 +190,8 @@ impl Status {
                 total_bytes: total,
                 used_bytes: total.saturating_sub(free),
                 free_bytes: free,
+                free_inodes: (space.inodes > 0).then_some(space.free_inodes),
+                low_space: space.low(),
             },
             root: RootJson {
                 fstype: root.map(|m| m.fstype.as_str()),
@@ -177,6 +207,7 @@ impl Status {
                 preinit_peak_rss_kib: s.peak_rss_kib,
             },
             steps: &s.steps,
+            notes: &s.notes,
         }
     }
 
@@ -244,8 +275,25 @@ impl Status {
                     human(v.upper.total_bytes)
                 ),
             );
+            if v.upper.low_space {
+                line(
+                    "WARNING:",
+                    format!(
+                        "/overlay is nearly full ({} free{}): free space or the device may stop \
+                         writing",
+                        human(v.upper.free_bytes),
+                        v.upper
+                            .free_inodes
+                            .map(|i| format!(", {i} free inodes"))
+                            .unwrap_or_default()
+                    ),
+                );
+            }
         } else {
             line("upper:", "/overlay is not mounted".to_string());
+        }
+        for n in v.notes {
+            line("note:", n.to_string());
         }
         let steps: Vec<String> = v
             .steps
@@ -305,7 +353,12 @@ pub fn gather(state_path: Option<&Path>) -> anyhow::Result<Status> {
     #[allow(clippy::unnecessary_cast)]
     let overlay_space = nix::sys::statvfs::statvfs("/overlay").ok().map(|s| {
         let f = s.fragment_size() as u64;
-        (s.blocks() as u64 * f, s.blocks_available() as u64 * f)
+        Space {
+            total: (s.blocks() as u64).saturating_mul(f),
+            free: (s.blocks_available() as u64).saturating_mul(f),
+            inodes: s.files() as u64,
+            free_inodes: s.files_available() as u64,
+        }
     });
     let overlay_space = top(&mounts, "/overlay").and(overlay_space);
     Ok(Status {
@@ -346,7 +399,12 @@ mod tests {
         Status {
             state,
             mounts: parse_mountinfo(MOUNTINFO),
-            overlay_space: Some((4 << 20, 3 << 20)),
+            overlay_space: Some(Space {
+                total: 4 << 20,
+                free: 3 << 20,
+                inodes: 0,
+                free_inodes: 0,
+            }),
         }
     }
 
@@ -369,7 +427,7 @@ mod tests {
             r#""persistent":true"#,
             r#""reason":null"#,
             r#""data":{"device":"/dev/mtdblock2","fstype":"jffs2","content":"erased","action":"mount"}"#,
-            r#""upper":{"mounted":true,"fstype":"jffs2","source":"/dev/mtdblock2","total_bytes":4194304,"used_bytes":1048576,"free_bytes":3145728}"#,
+            r#""upper":{"mounted":true,"fstype":"jffs2","source":"/dev/mtdblock2","total_bytes":4194304,"used_bytes":1048576,"free_bytes":3145728,"free_inodes":null,"low_space":false}"#,
             r#""root":{"fstype":"overlay","source":"ovl:persistent","read_only":false}"#,
             r#""times":{"kernel_to_preinit_us":0,"preinit_us":12345,"preinit_peak_rss_kib":0}"#,
         ] {
@@ -388,5 +446,33 @@ mod tests {
         assert!(t.contains("mode:    tmpfs"), "{t}");
         assert!(t.contains("reason:  /dev/vda2 holds zeroes"), "{t}");
         assert!(t.contains("1.0 MiB used of 4.0 MiB (25%)"), "{t}");
+        assert!(!t.contains("WARNING"), "{t}");
+    }
+
+    #[test]
+    fn nearly_full_overlays_are_warned_about() {
+        let mut s = status("persistent");
+        s.state.add_note("ovl.timeout=soon refused");
+        s.overlay_space = Some(Space {
+            total: 100 << 20,
+            free: 9 << 20,
+            inodes: 1000,
+            free_inodes: 500,
+        });
+        let t = s.to_text();
+        assert!(
+            t.contains("WARNING: /overlay is nearly full (9.0 MiB free, 500 free inodes)"),
+            "{t}"
+        );
+        assert!(t.contains("note:    ovl.timeout=soon refused"), "{t}");
+        assert!(s.to_json().unwrap().contains(r#""low_space":true"#));
+        // Space left, inodes gone: just as full.
+        s.overlay_space = Some(Space {
+            total: 100 << 20,
+            free: 90 << 20,
+            inodes: 1000,
+            free_inodes: 3,
+        });
+        assert!(s.to_text().contains("WARNING"));
     }
 }

@@ -256,6 +256,46 @@ struct Scenario {
     mounts_before: String,
 }
 
+/// Where a preinit that escaped its --target would write or what it would run: the state
+/// files and the programs of the host. None of them may change during a scenario.
+const OUTSIDE: [&str; 7] = [
+    "/run",
+    "/tmp/ovl",
+    "/etc",
+    "/sbin",
+    "/usr/sbin",
+    "/bin",
+    "/init",
+];
+
+/// Files below the OUTSIDE places changed after `stamp` was made.
+fn changed_outside(stamp: &Path) -> String {
+    let mut cmd = String::from("find");
+    for p in OUTSIDE {
+        if Path::new(p).exists() {
+            cmd.push(' ');
+            cmd.push_str(p);
+        }
+    }
+    sh(&format!(
+        "{cmd} -xdev -newer {} -print 2>/dev/null || true",
+        stamp.display()
+    ))
+}
+
+/// mkfs.ext4 with its libraries, for scenarios whose initramfs ships it.
+fn initramfs_mkfs() -> PathBuf {
+    static TREE: OnceLock<PathBuf> = OnceLock::new();
+    TREE.get_or_init(|| {
+        let tree =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("mkfs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tree);
+        copy_with_libs("/sbin/mkfs.ext4", &tree);
+        tree
+    })
+    .clone()
+}
+
 #[derive(Default)]
 struct Boot<'a> {
     cmdline: String,
@@ -264,17 +304,25 @@ struct Boot<'a> {
     sysfs: Option<PathBuf>,
     /// Boot from the ROM as root (chroot into it, pivot_root) instead of an initramfs.
     rootfs_dev: Option<String>,
+    /// The initramfs carries mkfs.ext4 at /sbin.
+    initramfs_mkfs: bool,
 }
 
 impl Scenario {
     fn new() -> Scenario {
         require();
         rom_image();
+        let dir = tempfile::Builder::new()
+            .prefix("ovl-test")
+            .tempdir()
+            .unwrap();
+        let stamp = dir.path().join("stamp");
+        std::fs::write(&stamp, "").unwrap();
+        // find -newer compares modification times: make the stamp's a second old, so a file
+        // written within the same clock tick still counts as newer.
+        sh(&format!("touch -d '1 second ago' {}", stamp.display()));
         Scenario {
-            dir: tempfile::Builder::new()
-                .prefix("ovl-test")
-                .tempdir()
-                .unwrap(),
+            dir,
             mounts_before: mountinfo(),
         }
     }
@@ -316,15 +364,20 @@ impl Scenario {
                 if let Some(s) = &b.sysfs {
                     args.push_str(&format!(" --sysfs {}", s.display()));
                 }
+                let extra = if b.initramfs_mkfs {
+                    format!(" && cp -a {}/. {}/", initramfs_mkfs().display(), target.display())
+                } else {
+                    String::new()
+                };
                 // The target plays the initramfs: a tmpfs.
                 format!(
-                    "mount -t tmpfs -o size=16m test-initramfs {t} && exec {OVL} {args} -- single",
+                    "mount -t tmpfs -o size=64m test-initramfs {t}{extra} && exec {OVL} {args} -- single",
                     t = target.display()
                 )
             }
             Some(dev) => format!(
                 "mount -t squashfs -o ro {dev} {t} && mount --bind {c} {t}/etc/test-cmdline && \
-                 exec chroot {t} /sbin/ovlctl preinit --cmdline-file /etc/test-cmdline -- single",
+                 exec chroot {t} /sbin/ovlctl preinit --target / --cmdline-file /etc/test-cmdline -- single",
                 t = target.display(),
                 c = cmdline.display()
             ),
@@ -356,6 +409,12 @@ impl Drop for Scenario {
         if std::thread::panicking() {
             return;
         }
+        // --target confines preinit: nothing outside the scenario was written.
+        let changed = changed_outside(&self.dir.path().join("stamp"));
+        assert!(
+            changed.is_empty(),
+            "files outside the scenario changed:\n{changed}"
+        );
         // Every mount was made in the scenario's own namespace: the host's table is as it was.
         assert_eq!(
             mountinfo(),
@@ -491,6 +550,7 @@ fn privileged_gpt_partition_names_are_found() {
         cmdline: "ovl.timeout=2".into(),
         board: Some(board),
         sysfs: Some(sysfs.clone()),
+        initramfs_mkfs: true,
         action: "echo gpt > /etc/gpt",
         ..Boot::default()
     });
@@ -561,6 +621,7 @@ fn expect_fallback(
     board: Option<&str>,
     why: &str,
 ) -> Value {
+    let before = sha(data);
     let (rom, d) = (rom_loop(), Loop::new(data, 0, None));
     let run = s.boot(Boot {
         cmdline: format!("ovl.rom={} ovl.data={} ovl.timeout=0.3 {extra}", rom.0, d.0),
@@ -578,6 +639,9 @@ fn expect_fallback(
     assert_eq!(run.status_exit(), 1);
     // Never a read-only root: the fallback is writable.
     assert!(run.action().contains("volatile"));
+    drop(d);
+    // What was not ours is left byte for byte as it was.
+    assert_eq!(sha(data), before, "the data partition changed");
     st
 }
 
@@ -652,16 +716,25 @@ fn privileged_marked_partition_falls_back() {
     expect_fallback(&s, &data, "", None, "holds marker, not ext4");
 }
 
+/// A board whose mkfs is not there: the boot retries with the built-in mkfs and says so.
 #[test]
-fn privileged_missing_mkfs_falls_back() {
+fn privileged_missing_board_mkfs_is_retried_with_the_default() {
     let s = Scenario::new();
     let data = s.data("data.img", 8, 0xff);
-    expect_fallback(
-        &s,
-        &data,
-        "",
-        Some(r#"{"name":"nomkfs","mkfs":"/nonexistent/mkfs.ext4"}"#),
-        "/nonexistent/mkfs.ext4 is neither in the ROM",
+    let (rom, d) = (rom_loop(), Loop::new(&data, 0, None));
+    let run = s.boot(Boot {
+        cmdline: format!("ovl.rom={} ovl.data={} ovl.timeout=0.3", rom.0, d.0),
+        board: Some(r#"{"name":"nomkfs","mkfs":"/nonexistent/mkfs.ext4","data_label":"mine"}"#),
+        action: "echo kept > /etc/k",
+        ..Boot::default()
+    });
+    let st = run.status();
+    assert_eq!(st["mode"], "persistent", "{st}");
+    assert_eq!(st["data"]["action"], "format");
+    let note = st["notes"][0].as_str().unwrap_or_default();
+    assert!(
+        note.contains("defaults /usr/sbin/mkfs.ext4") && note.contains("/nonexistent/mkfs.ext4"),
+        "{note}"
     );
 }
 
@@ -747,4 +820,124 @@ fn privileged_rootfs_boot_pivots_and_keeps_the_rom_at_rom() {
         ..Boot::default()
     });
     assert!(second.action().contains("pivoted"));
+}
+
+/// A full upper: persistent when the overlay still mounts read-write and takes a new file,
+/// otherwise tmpfs with "full" in the reason. Either way the root is writable.
+fn full_upper_still_boots_writable(s: &Scenario, data: &Path, fill: &str) {
+    let (rom, d) = (rom_loop(), Loop::new(data, 0, None));
+    let cmdline = format!("ovl.rom={} ovl.data={} ovl.timeout=0.3", rom.0, d.0);
+    let first = s.boot(Boot {
+        cmdline: cmdline.clone(),
+        action: fill,
+        ..Boot::default()
+    });
+    assert_eq!(first.status()["mode"], "persistent");
+    let full = s.boot(Boot {
+        cmdline,
+        action: "echo after-full > /tmp/t && cat /tmp/t; ls /",
+        ..Boot::default()
+    });
+    let st = full.status();
+    eprintln!("full upper: mode {} reason {}", st["mode"], st["reason"]);
+    match st["mode"].as_str() {
+        Some("persistent") => {}
+        Some("tmpfs") => {
+            let reason = st["reason"].as_str().unwrap_or_default();
+            assert!(
+                reason.contains("full"),
+                "reason `{reason}` does not say full"
+            );
+        }
+        _ => panic!("neither persistent nor tmpfs: {st}\n{}", full.stderr),
+    }
+    assert_eq!(st["root"]["read_only"], false, "{st}");
+    assert!(
+        full.action().contains("after-full"),
+        "the root is not writable on a full upper: {st}\n{}",
+        full.stdout
+    );
+    assert!(
+        !full.action().contains(".ovl-write-probe"),
+        "the probe file stayed"
+    );
+}
+
+#[test]
+fn privileged_ext4_full_to_the_last_block_still_gives_a_writable_root() {
+    let s = Scenario::new();
+    let data = s.ext4("data.img", 16);
+    full_upper_still_boots_writable(
+        &s,
+        &data,
+        "dd if=/dev/zero of=/root/fill bs=64k 2>/dev/null; i=0; \
+         while echo x > /root/small$i 2>/dev/null; do i=$((i+1)); done; sync; echo filled",
+    );
+}
+
+#[test]
+fn privileged_ext4_without_free_inodes_still_gives_a_writable_root() {
+    let s = Scenario::new();
+    let data = s.data("data.img", 16, 0);
+    sh(&format!(
+        "mkfs.ext4 -F -q -N 64 -L rootfs_data {}",
+        data.display()
+    ));
+    full_upper_still_boots_writable(
+        &s,
+        &data,
+        "i=0; while touch /root/f$i 2>/dev/null; do i=$((i+1)); done; \
+         while mkdir /root/d$i 2>/dev/null; do i=$((i+1)); done; sync; echo filled",
+    );
+}
+
+#[test]
+fn privileged_no_rom_says_so_and_stays_inside_the_target() {
+    let s = Scenario::new();
+    let target = s.path("target");
+    std::fs::create_dir_all(&target).unwrap();
+    let cmdline = s.path("cmdline");
+    std::fs::write(&cmdline, "ovl.rom=/dev/ovl-no-rom ovl.timeout=0.1").unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=16m test-initramfs {t} && \
+         {OVL} preinit --target {t} --cmdline-file {c}; echo EXIT=$?; cat {t}/run/ovl/state.json",
+        t = target.display(),
+        c = cmdline.display()
+    );
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .output()
+        .expect("run unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("EXIT=3"), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("FATAL: no ROM could be mounted"),
+        "one clear line: {stderr}"
+    );
+    let json = stdout.lines().find(|l| l.starts_with('{')).unwrap_or("{}");
+    let st: Value = serde_json::from_str(json).unwrap();
+    assert_eq!(st["mode"], "none", "the state must not claim a ROM: {st}");
+    // Scenario's drop checks that nothing outside the target changed.
+}
+
+#[test]
+fn privileged_preinit_by_hand_without_a_target_refuses() {
+    let s = Scenario::new();
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", OVL, "preinit"])
+        .output()
+        .expect("run unshare");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("refusing to run: not PID 1"), "{stderr}");
+    drop(s);
 }

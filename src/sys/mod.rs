@@ -172,4 +172,13 @@ pub trait Sys {
     /// returns Ok to say "exec happened".
     fn exec(&mut self, path: &Path, argv: &[String]) -> SysResult<()>;
     fn reboot(&mut self) -> SysResult<()>;
+    /// Waits (before a reboot, so a person can read the console); the double only records it.
+    fn sleep(&mut self, d: std::time::Duration);
+    /// Ok when `dir` is on a file system mounted read-write and a file can really be created
+    /// in it (and is removed again). The error says read-only or full (ENOSPC, EDQUOT).
+    /// `upper` is the upper directory, whose file system says whether a failure means full.
+    fn check_writable(&mut self, dir: &Path, upper: &Path) -> SysResult<()>;
 }
+
+/// The name of the file [`Sys::check_writable`] creates and removes.
+pub const WRITE_PROBE: &str = ".ovl-write-probe";

@@ -173,13 +173,25 @@ impl Sys for Real {
             .spawn()
             .map_err(|e| SysError::new(what.clone(), io_errno(&e)))?;
         // stderr is read beside the wait, so a chatty program cannot fill the pipe and stall.
-        let reader = child.stderr.take().map(|mut pipe| {
-            std::thread::spawn(move || {
+        // A thread that cannot be started is an error, not a panic: kill the program.
+        let reader = match child.stderr.take().map(|mut pipe| {
+            std::thread::Builder::new().spawn(move || {
                 let mut text = String::new();
                 let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
                 text
             })
-        });
+        }) {
+            Some(Err(e)) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(SysError::new(
+                    format!("{what}: start a thread for its output"),
+                    io_errno(&e),
+                ));
+            }
+            Some(Ok(h)) => Some(h),
+            None => None,
+        };
         let deadline = std::time::Instant::now() + self.run_timeout;
         let status = loop {
             match child.try_wait() {
@@ -274,6 +286,47 @@ impl Sys for Real {
         }
     }
 
+    fn sleep(&mut self, d: std::time::Duration) {
+        std::thread::sleep(d);
+    }
+
+    fn check_writable(&mut self, dir: &Path, upper: &Path) -> SysResult<()> {
+        use nix::sys::statvfs::{statvfs, FsFlags};
+        let what = format!("check that {} is writable", dir.display());
+        let st = statvfs(dir).map_err(|e| SysError::new(what.clone(), e))?;
+        let probe = dir.join(super::WRITE_PROBE);
+        let r = if st.flags().contains(FsFlags::ST_RDONLY) {
+            Err(SysError::msg(what.clone(), "it is mounted read-only"))
+        } else {
+            // A leftover from a cut boot is ours: remove it first so create_new does not trip.
+            let _ = std::fs::remove_file(&probe);
+            // An empty file: a full partition that still takes new files stays persistent
+            // (the user can free space there); one that takes none does not.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&probe)
+                .map_err(|e| {
+                    SysError::new(format!("{what}: create {}", probe.display()), io_errno(&e))
+                })
+                .and_then(|_| {
+                    std::fs::remove_file(&probe).map_err(|e| {
+                        SysError::new(format!("{what}: remove {}", probe.display()), io_errno(&e))
+                    })
+                })
+        };
+        // overlayfs goes read-only when it cannot make its work directory on a full upper:
+        // then the upper's own numbers say why.
+        r.map_err(|e| match upper_full(upper) {
+            Some(why) => SysError {
+                errno: Some(Errno::ENOSPC),
+                detail: Some(why),
+                ..e
+            },
+            None => e,
+        })
+    }
+
     fn reboot(&mut self) -> SysResult<()> {
         nix::unistd::sync();
         match nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT) {
@@ -285,6 +338,17 @@ impl Sys for Real {
 
 /// Removes everything below `dir` that is on device `dev`, leaving mount points alone (as
 /// switch_root does). Errors are ignored: this only frees memory.
+/// "N bytes and M inodes free" when the file system holding `dir` has no room left.
+#[allow(clippy::unnecessary_cast)] // the field types are narrower on 32-bit targets
+fn upper_full(dir: &Path) -> Option<String> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    let free = (st.blocks_free() as u64).saturating_mul(st.fragment_size() as u64);
+    let (inodes, free_inodes) = (st.files() as u64, st.files_free() as u64);
+    // A few blocks are what a file system keeps for itself; count those as full too.
+    let full = (st.blocks_free() as u64) < 4 || (inodes > 0 && free_inodes == 0);
+    full.then(|| format!("the upper has {free} bytes and {free_inodes} inodes free"))
+}
+
 fn remove_below(dir: &Path, dev: u64) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;

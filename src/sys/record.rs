@@ -12,6 +12,10 @@ pub struct Recorder {
     pub fail: Vec<(String, Errno)>,
     /// Paths `exists` says are there.
     pub existing: Vec<PathBuf>,
+    /// Each failure pattern fails only its first matching call.
+    pub fail_once: bool,
+    /// What `write_file` was given, so tests can read a state file back.
+    pub written: Vec<(PathBuf, Vec<u8>)>,
     loops: u32,
 }
 
@@ -26,11 +30,14 @@ impl Recorder {
     }
 
     fn call(&mut self, line: String) -> SysResult<()> {
-        let failed = self
+        let hit = self
             .fail
             .iter()
-            .find(|(pat, _)| line.contains(pat.as_str()))
-            .map(|(_, e)| *e);
+            .position(|(pat, _)| line.contains(pat.as_str()));
+        let failed = hit.and_then(|i| self.fail.get(i)).map(|(_, e)| *e);
+        if let (Some(i), true) = (hit, self.fail_once) {
+            self.fail.remove(i);
+        }
         self.calls.push(line.clone());
         match failed {
             Some(e) => Err(SysError::new(line, e)),
@@ -110,7 +117,9 @@ impl Sys for Recorder {
         Ok(PathBuf::from(format!("/dev/loop{}", 90 + self.loops)))
     }
     fn write_file(&mut self, path: &Path, bytes: &[u8]) -> SysResult<()> {
-        self.call(format!("write {} ({} bytes)", path.display(), bytes.len()))
+        self.call(format!("write {} ({} bytes)", path.display(), bytes.len()))?;
+        self.written.push((path.to_path_buf(), bytes.to_vec()));
+        Ok(())
     }
     fn exists(&mut self, path: &Path) -> bool {
         self.existing.iter().any(|p| p == path)
@@ -123,5 +132,11 @@ impl Sys for Recorder {
     }
     fn reboot(&mut self) -> SysResult<()> {
         self.call("reboot".to_string())
+    }
+    fn sleep(&mut self, d: std::time::Duration) {
+        let _ = self.call(format!("sleep {}ms", d.as_millis()));
+    }
+    fn check_writable(&mut self, dir: &Path, _upper: &Path) -> SysResult<()> {
+        self.call(format!("check writable {}", dir.display()))
     }
 }
