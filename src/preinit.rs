@@ -380,14 +380,13 @@ fn attempt(sys: &mut dyn Sys, plan: &Plan, clock: &mut Clock) -> Result<(), SysE
     r.map_err(explain)
 }
 
-/// Says plainly what a failed write probe means.
+/// Says plainly what a full partition or a failed write probe means: the kernel's words for
+/// it (ENOSPC from an overlay mount, a read-only overlay) do not say "full".
 fn explain(e: SysError) -> SysError {
     use nix::errno::Errno;
-    if !e.what.starts_with("check that") {
-        return e;
-    }
     let plain = match e.errno {
         Some(Errno::ENOSPC | Errno::EDQUOT) => "the writable partition is full",
+        _ if !e.what.starts_with("check that") => return e,
         Some(Errno::EROFS) => "the overlay is read-only",
         None => "the overlay is read-only (overlayfs could not use the upper)",
         _ => "the overlay is not writable",

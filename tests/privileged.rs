@@ -104,7 +104,7 @@ fn rom_image() -> PathBuf {
         std::fs::copy(&busybox, tree.join("bin/busybox")).unwrap();
         for applet in [
             "sh", "cat", "echo", "ls", "rm", "mkdir", "sync", "touch", "test", "grep", "mv",
-            "sleep", "rmdir",
+            "sleep", "rmdir", "dd", "df",
         ] {
             std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet)).unwrap();
         }
@@ -822,8 +822,9 @@ fn privileged_rootfs_boot_pivots_and_keeps_the_rom_at_rom() {
     assert!(second.action().contains("pivoted"));
 }
 
-/// A full upper: persistent when the overlay still mounts read-write and takes a new file,
-/// otherwise tmpfs with "full" in the reason. Either way the root is writable.
+/// A full upper: persistent when the overlay still mounts read-write and takes a new file
+/// (status then warns, and deleting a file makes room), otherwise tmpfs with "full" in the
+/// reason. Either way the root can be written.
 fn full_upper_still_boots_writable(s: &Scenario, data: &Path, fill: &str) {
     let (rom, d) = (rom_loop(), Loop::new(data, 0, None));
     let cmdline = format!("ovl.rom={} ovl.data={} ovl.timeout=0.3", rom.0, d.0);
@@ -835,13 +836,16 @@ fn full_upper_still_boots_writable(s: &Scenario, data: &Path, fill: &str) {
     assert_eq!(first.status()["mode"], "persistent");
     let full = s.boot(Boot {
         cmdline,
-        action: "echo after-full > /tmp/t && cat /tmp/t; ls /",
+        action: "rm -f /root/fill /root/small1 /root/f1; mkdir -p /root; echo after-full > /root/t && cat /root/t; ls /",
         ..Boot::default()
     });
     let st = full.status();
-    eprintln!("full upper: mode {} reason {}", st["mode"], st["reason"]);
+    eprintln!(
+        "full upper: mode {} reason {} upper {}",
+        st["mode"], st["reason"], st["upper"]
+    );
     match st["mode"].as_str() {
-        Some("persistent") => {}
+        Some("persistent") => assert_eq!(st["upper"]["low_space"], true, "no warning: {st}"),
         Some("tmpfs") => {
             let reason = st["reason"].as_str().unwrap_or_default();
             assert!(
@@ -870,8 +874,8 @@ fn privileged_ext4_full_to_the_last_block_still_gives_a_writable_root() {
     full_upper_still_boots_writable(
         &s,
         &data,
-        "dd if=/dev/zero of=/root/fill bs=64k 2>/dev/null; i=0; \
-         while echo x > /root/small$i 2>/dev/null; do i=$((i+1)); done; sync; echo filled",
+        "mkdir -p /root; dd if=/dev/zero of=/root/fill bs=64k 2>/dev/null; i=0; \
+         while echo x > /root/small$i 2>/dev/null; do i=$((i+1)); done; sync; df /overlay",
     );
 }
 
@@ -886,8 +890,8 @@ fn privileged_ext4_without_free_inodes_still_gives_a_writable_root() {
     full_upper_still_boots_writable(
         &s,
         &data,
-        "i=0; while touch /root/f$i 2>/dev/null; do i=$((i+1)); done; \
-         while mkdir /root/d$i 2>/dev/null; do i=$((i+1)); done; sync; echo filled",
+        "mkdir -p /root; i=0; while touch /root/f$i 2>/dev/null; do i=$((i+1)); done; \
+         while mkdir /root/d$i 2>/dev/null; do i=$((i+1)); done; sync; df -i /overlay",
     );
 }
 
