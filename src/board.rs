@@ -78,7 +78,12 @@ impl Board {
         };
         let (board, used): (Board, usize) =
             serde_json_core::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
-        if !bytes[used..].iter().all(u8::is_ascii_whitespace) {
+        if !bytes
+            .get(used..)
+            .unwrap_or_default()
+            .iter()
+            .all(u8::is_ascii_whitespace)
+        {
             return Err(invalid(format!(
                 "unexpected text after the object at byte {used}"
             )));

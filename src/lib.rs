@@ -3,6 +3,17 @@
 //! The boot pipeline is probe -> plan -> apply (see `preinit`); `ovlctl` is in `cli` and the
 //! commands' modules.
 
+// Boot code must not panic: no unwrap, expect, panic or unchecked indexing outside tests.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 pub mod apply;
 pub mod board;
 pub mod cli;

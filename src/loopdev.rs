@@ -90,8 +90,10 @@ pub fn attach(
             lo_init: [0; 2],
         };
         let name = backing.as_os_str().as_encoded_bytes();
-        let len = name.len().min(63);
-        info.lo_file_name[..len].copy_from_slice(&name[..len]);
+        // The kernel keeps the name for show only; 63 bytes and a NUL fit its field.
+        for (dst, src) in info.lo_file_name.iter_mut().zip(name.iter().take(63)) {
+            *dst = *src;
+        }
         // SAFETY: LOOP_SET_STATUS64 reads one struct loop_info64.
         if let Err(e) = unsafe { loop_set_status64(dev.as_raw_fd(), &info) } {
             // SAFETY: LOOP_CLR_FD takes no argument.

@@ -1,6 +1,13 @@
 //! One static binary: `preinit` or `init` (as /init of an initramfs, or init= on the kernel
 //! command line) boots; any other name is `ovlctl`.
 
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use clap::Parser;
 use ovl::cli::{Cli, Command};
 use ovl::preinit::{self, Options};

@@ -16,21 +16,23 @@ pub struct MountInfo {
 
 /// The kernel escapes space, tab, newline and backslash in paths as octal.
 fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
+    let mut b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
+    let octal = |c: u8| (b'0'..=b'7').contains(&c).then(|| c - b'0');
+    while let Some((&c, rest)) = b.split_first() {
+        match (c, rest) {
+            (b'\\', [x, y, z, tail @ ..]) => {
+                if let (Some(x), Some(y), Some(z)) = (octal(*x), octal(*y), octal(*z)) {
+                    // \ooo of a byte: the top digit is at most 3 for the kernel's escapes.
+                    out.push(x.wrapping_mul(64).wrapping_add(y * 8).wrapping_add(z));
+                    b = tail;
+                    continue;
+                }
+                out.push(c);
+            }
+            _ => out.push(c),
         }
+        b = rest;
     }
     String::from_utf8_lossy(&out).into_owned()
 }
@@ -323,7 +325,7 @@ fn human(b: u64) -> String {
     if u == 0 {
         format!("{b} B")
     } else {
-        format!("{v:.1} {}", UNITS[u])
+        format!("{v:.1} {}", UNITS.get(u).unwrap_or(&"GiB"))
     }
 }
 

@@ -90,7 +90,7 @@ pub fn identify(buf: &[u8]) -> Content {
         let label = at::<16>(buf, EXT4_LABEL_AT).unwrap_or([0; 16]);
         let end = label.iter().position(|&b| b == 0).unwrap_or(16);
         return Content::Ext4 {
-            label: String::from_utf8_lossy(&label[..end]).into_owned(),
+            label: String::from_utf8_lossy(label.get(..end).unwrap_or_default()).into_owned(),
         };
     }
     if at::<4>(buf, F2FS_MAGIC_AT) == Some(F2FS) {

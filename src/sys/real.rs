@@ -215,7 +215,10 @@ impl Sys for Real {
         }
         let stderr = reader.and_then(|r| r.join().ok()).unwrap_or_default();
         let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        let tail = tail[tail.len().saturating_sub(2)..].join(" / ");
+        let tail = tail
+            .get(tail.len().saturating_sub(2)..)
+            .unwrap_or_default()
+            .join(" / ");
         Err(SysError::msg(what, format!("{status}: {tail}")))
     }
 
@@ -436,7 +439,7 @@ fn kernel_says(m: &MountSpec) -> Option<String> {
         if n <= 0 || msgs.len() >= 4 {
             break;
         }
-        let text = String::from_utf8_lossy(&buf[..n as usize]);
+        let text = String::from_utf8_lossy(buf.get(..n.unsigned_abs()).unwrap_or_default());
         if let Some(rest) = text.strip_prefix("e ").or_else(|| text.strip_prefix("w ")) {
             msgs.push(rest.trim().to_string());
         }
