@@ -534,6 +534,46 @@ fn nor_jffs2_upper_semantics(board: &'static str) {
     g.poweroff();
 }
 
+/// JFFS2 filled to ENOSPC: the next boot still has a writable root. Persistent when the
+/// overlay mounts read-write and takes a file (status then warns), else tmpfs saying "full".
+#[test]
+fn nor_full_jffs2_still_gives_a_writable_root() {
+    let s = Storage::new(NOR, "nor-full");
+    let mut g = s.boot(1, &[]);
+    assert_persistent(&g.status(), "jffs2", "mount");
+    // Random data: JFFS2 compresses, zeroes would never fill it.
+    g.run(
+        "mkdir -p /root && (dd if=/dev/urandom of=/root/fill bs=64k 2>/dev/null; \
+         i=0; while head -c 4096 /dev/urandom > /root/s$i 2>/dev/null; do i=$((i+1)); done; \
+         sync; df /overlay)",
+    );
+    g.poweroff();
+    let mut g = s.boot(2, &[]);
+    let st = g.status();
+    eprintln!(
+        "full JFFS2: mode {} reason {} upper {}",
+        st["mode"], st["reason"], st["upper"]
+    );
+    match st["mode"].as_str() {
+        Some("persistent") => {
+            assert_eq!(st["upper"]["low_space"], true, "no warning: {st}");
+            // A person can make room on the full partition and go on.
+            g.run("rm -f /root/fill && echo after-full > /root/t && cat /root/t");
+        }
+        Some("tmpfs") => {
+            let reason = st["reason"].as_str().unwrap_or_default();
+            assert!(
+                reason.contains("full"),
+                "reason `{reason}` does not say full"
+            );
+            g.run("echo after-full > /etc/t && cat /etc/t");
+        }
+        _ => panic!("neither persistent nor tmpfs: {st}"),
+    }
+    assert_eq!(st["root"]["read_only"], false, "{st}");
+    g.poweroff();
+}
+
 // ---- the x86_64 disk: ext4 on a GPT partition found by name ----
 
 #[test]
