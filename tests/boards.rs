@@ -119,7 +119,8 @@ struct Guest {
 }
 
 impl Guest {
-    fn boot(st: &Storage, n: u32, args: &[&str]) -> Guest {
+    /// Starts QEMU on the board without waiting for anything.
+    fn start(st: &Storage, n: u32, args: &[&str]) -> Guest {
         let log = st.log_dir.join(format!("boot{n}.log"));
         let mut child = Command::new(repo().join("qemu-arm/boot.sh"))
             .arg(st.board)
@@ -157,14 +158,19 @@ impl Guest {
             });
         }
         let stdin = child.stdin.take().unwrap();
-        let mut g = Guest {
+        Guest {
             child,
             stdin,
             out,
             cursor: 0,
             seq: 0,
             log,
-        };
+        }
+    }
+
+    /// Boots and waits for the ROM's shell.
+    fn boot(st: &Storage, n: u32, args: &[&str]) -> Guest {
+        let mut g = Guest::start(st, n, args);
         g.wait_for("ovl-rom: shell on the console", BOOT_TIMEOUT);
         // The prompt, then quiet the kernel's console messages so they do not cut our output.
         g.wait_for("ovl:", CMD_TIMEOUT);
@@ -574,6 +580,30 @@ fn nor_full_jffs2_still_gives_a_writable_root() {
     g.poweroff();
 }
 
+/// No ROM to mount: preinit says so in one line, waits and reboots (QEMU runs with
+/// -no-reboot, so it exits); no kernel panic, and the flash is left as it was.
+#[test]
+fn nor_without_a_rom_says_so_and_reboots() {
+    let s = Storage::new(NOR, "nor-no-rom");
+    s.write(0, &random(64 * 1024));
+    let before = s.read(0, 64 * MIB);
+    let mut g = Guest::start(&s, 1, &[]);
+    let line = g.wait_for("rebooting in 10 s", BOOT_TIMEOUT);
+    assert!(
+        line.contains("FATAL: no ROM could be mounted") && line.contains("not squashfs"),
+        "{line}"
+    );
+    g.wait_exit();
+    let text = g.text();
+    assert!(!text.contains("Kernel panic"), "the kernel panicked");
+    assert!(
+        !text.contains("ovl-rom: shell"),
+        "something ran without a ROM"
+    );
+    drop(g);
+    assert!(s.read(0, 64 * MIB) == before, "the flash changed");
+}
+
 // ---- the x86_64 disk: ext4 on a GPT partition found by name ----
 
 #[test]
@@ -603,6 +633,7 @@ fn disk_corrupt_data_boots_on_tmpfs_and_the_rom_is_intact() {
     g.poweroff();
     let rom_before = s.read(MIB, 32 * MIB);
     s.write(DISK_DATA, &random(MIB as usize));
+    let data_before = s.read(DISK_DATA, DISK_DATA_LEN);
     let mut g = s.boot(2, &[]);
     assert_tmpfs(&mut g, "tmpfs", "holds unknown, not ext4");
     g.poweroff();
@@ -610,6 +641,10 @@ fn disk_corrupt_data_boots_on_tmpfs_and_the_rom_is_intact() {
         s.read(MIB, 32 * MIB),
         rom_before,
         "the ROM partition changed"
+    );
+    assert!(
+        s.read(DISK_DATA, DISK_DATA_LEN) == data_before,
+        "the corrupt data partition changed"
     );
 }
 
@@ -709,9 +744,11 @@ fn combined_failsafe_and_corruption() {
         .unwrap();
     let data_at = MIB + rom_len.div_ceil(65536) * 65536;
     s.write(data_at, &random(MIB as usize));
+    let whole = s.read(0, 98 * MIB);
     let mut g = s.boot(3, &[]);
     assert_tmpfs(&mut g, "tmpfs", "holds unknown, not ext4");
     g.poweroff();
+    assert!(s.read(0, 98 * MIB) == whole, "the corrupt area changed");
 }
 
 // ---- shared scenarios ----
