@@ -29,6 +29,12 @@ for a in sh cat; do ln -s busybox "$tree/bin/$a"; done
 cp "$bin" "$tree/sbin/ovlctl"
 printf '#!/bin/sh\ncat /run/ovl/state.json\n' > "$tree/sbin/init"
 chmod 755 "$tree/sbin/init"
+# The ROM ships mkfs.ext4 with its libraries, as a board's does: preinit runs nothing from
+# outside its target.
+for f in /usr/sbin/mkfs.ext4 $(ldd /usr/sbin/mkfs.ext4 | grep -o '/[^ ]*'); do
+    mkdir -p "$tree$(dirname "$f")"
+    cp -L "$f" "$tree$f"
+done
 mksquashfs "$tree" "$work/rom.sqfs" -noappend -quiet -comp xz -all-root >/dev/null
 head -c $((32 << 20)) /dev/zero | tr '\0' '\377' > "$work/data.img"
 rom=$(losetup --find --show "$work/rom.sqfs"); loops+=("$rom")
