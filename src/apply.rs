@@ -65,8 +65,9 @@ fn step(sys: &mut dyn Sys, s: &Step, done: &mut Done) -> Result<(), SysError> {
             log::info!("erasing {char_dev} (reset marker found)");
             let r = sys.mtd_erase(Path::new(char_dev))?;
             log::info!(
-                "erased {} blocks of {char_dev}, skipped {} bad",
-                r.blocks,
+                "erased {} blocks of {char_dev} (block 0 last), {} were erased already, {} bad skipped",
+                r.erased,
+                r.already_erased,
                 r.bad_blocks
             );
             Ok(())

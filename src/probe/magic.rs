@@ -4,7 +4,10 @@
 //! - a big-endian `0xDEADC0DE` word at 0: "not formatted, erase me" (written by flashing tools
 //!   and by a factory reset of an unmounted JFFS2);
 //! - `hsqs` at 0: squashfs, whose `bytes_used` is a little-endian u64 at offset 40;
-//! - JFFS2 node magic 0x1985 at 0, in either byte order (the flash may be big- or little-endian);
+//! - a JFFS2 node header with a valid header CRC at 0, in either byte order (see `jffs2`): the
+//!   bare magic 0x1985 is two bytes any data may hold. This only names the content; whether an
+//!   MTD partition is JFFS2 that may be mounted is `jffs2::census`'s call (the CPU's byte order
+//!   only, every erase block looked at);
 //! - UBIFS node magic 0x06101831 (little-endian) at 0;
 //! - gzip `1f 8b` at 0: a config backup written raw onto the partition by an upgrade;
 //! - ext2/3/4 0xEF53 (LE16) at 0x438, its 16-byte volume label at 0x478;
@@ -48,8 +51,6 @@ impl Content {
 
 pub const DEADCODE: [u8; 4] = [0xde, 0xad, 0xc0, 0xde];
 const SQUASHFS: [u8; 4] = *b"hsqs";
-const JFFS2_LE: [u8; 2] = [0x85, 0x19];
-const JFFS2_BE: [u8; 2] = [0x19, 0x85];
 const UBIFS: [u8; 4] = 0x0610_1831u32.to_le_bytes();
 const GZIP: [u8; 2] = [0x1f, 0x8b];
 const EXT4_MAGIC_AT: usize = 0x438;
@@ -76,14 +77,13 @@ pub fn identify(buf: &[u8]) -> Content {
             };
         }
     }
-    let head2 = at::<2>(buf, 0);
-    if head2 == Some(JFFS2_LE) || head2 == Some(JFFS2_BE) {
+    if super::jffs2::node_header(buf, u64::from(u32::MAX)).is_some() {
         return Content::Jffs2;
     }
     if at::<4>(buf, 0) == Some(UBIFS) {
         return Content::Ubifs;
     }
-    if head2 == Some(GZIP) {
+    if at::<2>(buf, 0) == Some(GZIP) {
         return Content::Gzip;
     }
     if at::<2>(buf, EXT4_MAGIC_AT) == Some(0xEF53u16.to_le_bytes()) {
@@ -133,13 +133,18 @@ mod tests {
                 bytes_used: 123_456
             }
         );
+        let le = crate::probe::jffs2::tests::header(true, 0x2003, 12);
+        let be = crate::probe::jffs2::tests::header(false, 0xe001, 0x2b);
+        assert_eq!(identify(&buf_with(0, &le)), Content::Jffs2);
+        assert_eq!(identify(&buf_with(0, &be)), Content::Jffs2);
+        // The magic alone, without a valid header CRC, is not JFFS2.
         assert_eq!(
             identify(&buf_with(0, &[0x85, 0x19, 0x03, 0x20])),
-            Content::Jffs2
+            Content::Unknown
         );
         assert_eq!(
             identify(&buf_with(0, &[0x19, 0x85, 0x20, 0x03])),
-            Content::Jffs2
+            Content::Unknown
         );
         assert_eq!(
             identify(&buf_with(0, &[0x31, 0x18, 0x10, 0x06])),
@@ -189,6 +194,18 @@ mod tests {
         // A reset marker written over the first word of an ext4 partition still means "reset".
         let mut b = vec![0u8; PROBE_BYTES];
         b[0x438..0x43a].copy_from_slice(&[0x53, 0xef]);
+        b[..4].copy_from_slice(&DEADCODE);
+        assert_eq!(identify(&b), Content::Marker);
+    }
+
+    #[test]
+    fn the_marker_is_the_big_endian_word_at_0_only() {
+        let mut b = vec![0xffu8; PROBE_BYTES];
+        b[..4].copy_from_slice(&[0xde, 0xc0, 0xad, 0xde]);
+        assert_eq!(identify(&b), Content::Unknown);
+        let mut b = vec![0xffu8; PROBE_BYTES];
+        b[4..8].copy_from_slice(&DEADCODE);
+        assert_eq!(identify(&b), Content::Unknown);
         b[..4].copy_from_slice(&DEADCODE);
         assert_eq!(identify(&b), Content::Marker);
     }

@@ -2,6 +2,7 @@
 //! plain data, and finds the ROM and the writable partition, waiting for late devices.
 
 pub mod block;
+pub mod jffs2;
 pub mod magic;
 pub mod mtd;
 
@@ -266,10 +267,10 @@ fn identify_data(hit: &Hit, src: &Sources) -> Result<DataFound, String> {
     };
     let head = read_head(&read_from, PROBE_BYTES)
         .map_err(|e| format!("read {}: {e}", read_from.display()))?;
-    let mut content = identify(&head);
-    if let (Content::Erased, Hit::Mtd(m)) = (&content, hit) {
-        content = first_used_block(&read_from, m.size, m.erasesize);
-    }
+    let content = match hit {
+        Hit::Mtd(m) => mtd_content(&read_from, &head, m)?,
+        Hit::Block(_) => identify(&head),
+    };
     Ok(DataFound {
         device: dev.display().to_string(),
         kind,
@@ -277,31 +278,34 @@ fn identify_data(hit: &Hit, src: &Sources) -> Result<DataFound, String> {
     })
 }
 
-/// JFFS2 writes its first node into whichever erase block it picks, so an erased first block
-/// does not make an erased partition. Looks at the start of every block: erased only if all
-/// are; JFFS2 if a block starts with a node; else what the first used block holds.
-fn first_used_block(dev: &Path, size: u64, erasesize: u32) -> Content {
-    let Ok(mut f) = std::fs::File::open(dev) else {
-        return Content::Erased;
-    };
-    let step = u64::from(erasesize.max(4096));
-    let mut first_other = None;
-    let mut off = step;
-    while off < size {
-        let mut head = [0u8; 16];
-        if f.seek(SeekFrom::Start(off)).is_err() || f.read_exact(&mut head).is_err() {
-            break;
-        }
-        match identify(&head) {
-            Content::Erased => {}
-            Content::Jffs2 => return Content::Jffs2,
-            other => {
-                first_other.get_or_insert(other);
-            }
-        }
-        off += step;
+/// What an MTD partition holds. The reset marker counts only where OpenWrt writes it: the
+/// big-endian word 0xDEADC0DE at offset 0 of the partition ([`identify`]); anywhere else it is
+/// data like any other. Otherwise every erase block is looked at ([`jffs2::census`]): JFFS2
+/// may have begun in any block, and foreign blocks among its own must stop a mount, which
+/// would erase them. A foreign first block keeps its name (ubifs, gzip, zeroes) when the
+/// partition is not JFFS2.
+fn mtd_content(dev: &Path, head: &[u8], m: &mtd::MtdPart) -> Result<Content, String> {
+    let first = identify(head);
+    if first == Content::Marker {
+        return Ok(first);
     }
-    first_other.unwrap_or(Content::Erased)
+    let c = jffs2::census(dev, m.size, m.erasesize, head)?;
+    let verdict = c.verdict();
+    if verdict == Content::Unknown {
+        log::info!(
+            "{}: {} JFFS2, {} erased and {} other blocks (first other: block {}): not JFFS2",
+            dev.display(),
+            c.jffs2,
+            c.erased,
+            c.other,
+            c.first_other.map_or("none".to_string(), |i| i.to_string())
+        );
+        return Ok(match first {
+            Content::Jffs2 | Content::Erased => Content::Unknown,
+            named => named,
+        });
+    }
+    Ok(verdict)
 }
 
 /// The OpenWrt x86 layout: the writable area starts after the squashfs, rounded up to 64 KiB,
@@ -374,11 +378,18 @@ mod tests {
             std::fs::write(self.src.dev_dir.join(devname), content).unwrap();
         }
         fn mtd(&self, parts: &[(&str, &[u8])]) {
+            self.mtd_blocks(parts, 0x40000);
+        }
+        /// Whole erase blocks of `es` bytes, the tail erased, and /proc/mtd saying so.
+        fn mtd_blocks(&self, parts: &[(&str, &[u8])], es: usize) {
             let mut text = String::from("dev:    size   erasesize  name\n");
             for (i, (name, content)) in parts.iter().enumerate() {
-                text.push_str(&format!("mtd{i}: 01000000 00040000 \"{name}\"\n"));
-                std::fs::write(self.src.dev_dir.join(format!("mtd{i}")), content).unwrap();
-                std::fs::write(self.src.dev_dir.join(format!("mtdblock{i}")), content).unwrap();
+                let mut content = content.to_vec();
+                content.resize(content.len().div_ceil(es).max(1) * es, 0xff);
+                let size = content.len();
+                text.push_str(&format!("mtd{i}: {size:08x} {es:08x} \"{name}\"\n"));
+                std::fs::write(self.src.dev_dir.join(format!("mtd{i}")), &content).unwrap();
+                std::fs::write(self.src.dev_dir.join(format!("mtdblock{i}")), &content).unwrap();
             }
             std::fs::write(self.src.proc_dir.join("mtd"), text).unwrap();
         }
@@ -458,23 +469,142 @@ mod tests {
         assert!(found.data.unwrap().device.ends_with("dev/sdb1"));
     }
 
+    fn data_content(f: &Fixture, data: &[u8], es: usize) -> Result<Content, String> {
+        f.mtd_blocks(
+            &[("rootfs", &squashfs(100, 4096)), ("rootfs_data", data)],
+            es,
+        );
+        let w = wanted(Some("mtd:rootfs"), Some("mtd:rootfs_data"), 100);
+        find(&w, &f.src, &mut Recorder::new())
+            .data
+            .map(|d| d.content)
+    }
+
+    const CLEAN: fn() -> [u8; 12] = || jffs2::tests::header(true, 0x2003, 12);
+
     #[test]
     fn jffs2_past_an_erased_first_block_is_jffs2() {
         let f = Fixture::new();
-        // /proc/mtd says 16 MiB with 256 KiB blocks; the fixture holds three blocks.
         let mut data = vec![0xffu8; 3 * 0x40000];
-        data[2 * 0x40000..2 * 0x40000 + 2].copy_from_slice(&[0x85, 0x19]);
-        f.mtd(&[("rootfs", &squashfs(100, 4096)), ("rootfs_data", &data)]);
+        data[2 * 0x40000..2 * 0x40000 + 12].copy_from_slice(&CLEAN());
+        assert_eq!(data_content(&f, &data, 0x40000), Ok(Content::Jffs2));
+        // The bare magic, as the old probe took it: not a node.
+        let mut bare = vec![0xffu8; 3 * 0x40000];
+        bare[2 * 0x40000..2 * 0x40000 + 2].copy_from_slice(&[0x85, 0x19]);
+        assert_eq!(data_content(&f, &bare, 0x40000), Ok(Content::Unknown));
+        let all = vec![0xff; 3 * 0x40000];
+        assert_eq!(data_content(&f, &all, 0x40000), Ok(Content::Erased));
+    }
+
+    /// Images made by `mkfs.jffs2 -l` / `-b -e 0x2000` of a directory with a 20 KB random file:
+    /// three 8 KiB blocks, each starting with a clean marker.
+    const MKFS_LE: &[u8] = include_bytes!("testdata/jffs2-le-8k.img");
+    const MKFS_BE: &[u8] = include_bytes!("testdata/jffs2-be-8k.img");
+
+    #[test]
+    fn real_jffs2_images_and_foreign_blocks_among_them() {
+        let f = Fixture::new();
+        // The other byte order than this CPU's is foreign: the kernel would erase it.
+        let (native, other) = if cfg!(target_endian = "little") {
+            (MKFS_LE, MKFS_BE)
+        } else {
+            (MKFS_BE, MKFS_LE)
+        };
+        let mut wrong = other.to_vec();
+        wrong.resize(48 * 0x2000, 0xff);
+        assert_eq!(data_content(&f, &wrong, 0x2000), Ok(Content::Unknown));
+        {
+            let img = native;
+            let mut data = img.to_vec();
+            data.resize(48 * 0x2000, 0xff);
+            assert_eq!(data_content(&f, &data, 0x2000), Ok(Content::Jffs2));
+            // Two damaged blocks, fewer than the JFFS2 ones: what a power cut leaves.
+            let mut cut = data.clone();
+            cut[10 * 0x2000..12 * 0x2000].fill(0x5a);
+            assert_eq!(data_content(&f, &cut, 0x2000), Ok(Content::Jffs2));
+            // Three foreign blocks: not ours to mount, whatever JFFS2 is beside them.
+            let mut foreign = cut.clone();
+            foreign[20 * 0x2000 + 100] = 0;
+            assert_eq!(data_content(&f, &foreign, 0x2000), Ok(Content::Unknown));
+            // Foreign data in block 0 after a blank first 1 KiB counts as foreign too: two
+            // foreign blocks (0 and 10) against two JFFS2 ones.
+            let mut late = data.clone();
+            late[10 * 0x2000..11 * 0x2000].fill(0x5a);
+            late[..0x2000].fill(0xff);
+            late[3000] = 0x42;
+            assert_eq!(data_content(&f, &late, 0x2000), Ok(Content::Unknown));
+        }
+    }
+
+    #[test]
+    fn the_marker_counts_only_big_endian_at_offset_0() {
+        let f = Fixture::new();
+        let es = 0x40000;
+        // Old JFFS2 after the marker: a marker (the erase step follows).
+        let mut jffs2 = vec![0xffu8; 8 * es];
+        for b in 0..8 {
+            jffs2[b * es..b * es + 12].copy_from_slice(&CLEAN());
+        }
+        let mut m = jffs2.clone();
+        m[..4].copy_from_slice(&magic::DEADCODE);
+        assert_eq!(data_content(&f, &m, es), Ok(Content::Marker));
+        let mut m = vec![0xffu8; 8 * es];
+        m[..4].copy_from_slice(&magic::DEADCODE);
+        assert_eq!(data_content(&f, &m, es), Ok(Content::Marker));
+        // Near misses are data, judged like any other block.
+        let erased = vec![0xffu8; 8 * es];
+        let near: [(usize, [u8; 4]); 3] = [
+            (0, [0xde, 0xc0, 0xad, 0xde]), // little-endian
+            (4, magic::DEADCODE),          // offset 4
+            (es, magic::DEADCODE),         // the second block
+        ];
+        for (at, word) in near {
+            let mut d = erased.clone();
+            d[at..at + 4].copy_from_slice(&word);
+            assert_eq!(
+                data_content(&f, &d, es),
+                Ok(Content::Unknown),
+                "{at} {word:x?}"
+            );
+        }
+        // A marker word at the start of block 1 of a JFFS2: one foreign block among seven.
+        let mut d = jffs2.clone();
+        d[es..es + 4].copy_from_slice(&magic::DEADCODE);
+        assert_eq!(data_content(&f, &d, es), Ok(Content::Jffs2));
+        // A little-endian marker over JFFS2's first block: the same.
+        let mut d = jffs2.clone();
+        d[..4].copy_from_slice(&[0xde, 0xc0, 0xad, 0xde]);
+        assert_eq!(data_content(&f, &d, es), Ok(Content::Jffs2));
+    }
+
+    #[test]
+    fn a_foreign_first_block_keeps_its_name() {
+        let f = Fixture::new();
+        let mut d = vec![0u8; 0x40000];
+        d.resize(4 * 0x40000, 0xff);
+        assert_eq!(data_content(&f, &d, 0x40000), Ok(Content::Zeroes));
+    }
+
+    #[test]
+    fn a_partition_that_cannot_be_read_is_an_error_not_erased() {
+        let f = Fixture::new();
+        f.mtd(&[("rootfs", &squashfs(100, 4096)), ("rootfs_data", &[0xff])]);
+        // /proc/mtd says 1 MiB; the device gives 256 KiB.
+        let text = std::fs::read_to_string(f.src.proc_dir.join("mtd")).unwrap();
+        std::fs::write(
+            f.src.proc_dir.join("mtd"),
+            text.replace(
+                "00040000 00040000 \"rootfs_data\"",
+                "00100000 00040000 \"rootfs_data\"",
+            ),
+        )
+        .unwrap();
         let w = wanted(Some("mtd:rootfs"), Some("mtd:rootfs_data"), 100);
-        let found = find(&w, &f.src, &mut Recorder::new());
-        assert_eq!(found.data.unwrap().content, Content::Jffs2);
-        // All blocks erased: erased.
-        f.mtd(&[
-            ("rootfs", &squashfs(100, 4096)),
-            ("rootfs_data", &vec![0xff; 3 * 0x40000]),
-        ]);
-        let found = find(&w, &f.src, &mut Recorder::new());
-        assert_eq!(found.data.unwrap().content, Content::Erased);
+        let e = find(&w, &f.src, &mut Recorder::new()).data.unwrap_err();
+        assert!(
+            e.starts_with("read ") && e.contains("mtd1 at 0x40000"),
+            "{e}"
+        );
     }
 
     #[test]

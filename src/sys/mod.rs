@@ -133,7 +133,11 @@ mod tests {
 /// What an MTD erase did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct EraseReport {
-    pub blocks: u32,
+    /// Blocks erased now.
+    pub erased: u32,
+    /// Blocks that read all 0xFF and were left alone (a cut erase resumed, or never written).
+    pub already_erased: u32,
+    /// Bad blocks skipped.
     pub bad_blocks: u32,
 }
 
@@ -160,7 +164,8 @@ pub trait Sys {
     fn finit_module(&mut self, path: &Path, params: &str) -> SysResult<()>;
     /// Runs a program to completion (mkfs.ext4), chrooted into `root` when given.
     fn run(&mut self, root: Option<&Path>, argv: &[String]) -> SysResult<()>;
-    /// Erases a whole MTD partition through its character device, skipping bad blocks.
+    /// Erases a whole MTD partition through its character device, block 0 last, skipping bad
+    /// blocks and blocks already erased.
     fn mtd_erase(&mut self, dev: &Path) -> SysResult<EraseReport>;
     /// Attaches `backing` from `offset` to a free loop device (auto-clearing) and names it.
     fn loop_attach(&mut self, backing: &Path, offset: u64) -> SysResult<PathBuf>;

@@ -224,7 +224,6 @@ impl Sys for Real {
 
     fn mtd_erase(&mut self, dev: &Path) -> SysResult<EraseReport> {
         crate::mtd::erase_all(dev)
-            .map(|(blocks, bad_blocks)| EraseReport { blocks, bad_blocks })
             .map_err(|(what, e)| SysError::new(format!("erase {}: {what}", dev.display()), e))
     }
 

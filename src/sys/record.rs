@@ -107,7 +107,8 @@ impl Sys for Recorder {
     fn mtd_erase(&mut self, dev: &Path) -> SysResult<EraseReport> {
         self.call(format!("erase {}", dev.display()))?;
         Ok(EraseReport {
-            blocks: 4,
+            erased: 4,
+            already_erased: 0,
             bad_blocks: 0,
         })
     }
