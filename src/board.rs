@@ -76,8 +76,9 @@ impl Board {
             path: path.into(),
             message,
         };
+        WHY.with(|w| w.borrow_mut().clear());
         let (board, used): (Board, usize) =
-            serde_json_core::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
+            serde_json_core::from_slice(bytes).map_err(|e| invalid(take_why(&e)))?;
         if !bytes
             .get(used..)
             .unwrap_or_default()
@@ -276,9 +277,44 @@ impl FormatPolicy {
 }
 
 // ---- deserialisation with field names in every error ----
+//
+// serde-json-core's "custom-error-messages" feature panics on any message over 64 bytes (it
+// writes it into a heapless::String<64> and unwraps; found by fuzzing), and serde's own
+// messages quote the input. So the feature is off, and the key path of an error travels
+// beside the error instead, in WHY.
 
+std::thread_local! {
+    static WHY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Records `field: e` (prefixed to what an inner value recorded) and returns a bare error.
 fn wrap<E: de::Error>(field: &str, e: impl fmt::Display) -> E {
-    E::custom(format_args!("{field}: {e}"))
+    WHY.with(|w| {
+        let mut w = w.borrow_mut();
+        let inner = if w.is_empty() {
+            e.to_string()
+        } else {
+            std::mem::take(&mut *w)
+        };
+        *w = format!("{field}: {inner}");
+    });
+    E::custom("")
+}
+
+/// A message for an error of the document itself (no key to name).
+fn fail<E: de::Error>(msg: impl fmt::Display) -> E {
+    WHY.with(|w| *w.borrow_mut() = msg.to_string());
+    E::custom("")
+}
+
+/// The message of the last failed parse: the key path, or serde-json-core's own words.
+fn take_why(e: &serde_json_core::de::Error) -> String {
+    let why = WHY.with(|w| std::mem::take(&mut *w.borrow_mut()));
+    if why.is_empty() {
+        e.to_string()
+    } else {
+        why
+    }
 }
 
 fn text<'de, A: MapAccess<'de>, const N: usize>(
@@ -315,9 +351,7 @@ impl<'de> Deserialize<'de> for Board {
                             b.device_timeout_ms = Some(map.next_value().map_err(|e| wrap(key, e))?)
                         }
                         "modules" => b.modules = map.next_value::<Modules>()?.0,
-                        other => {
-                            return Err(de::Error::custom(format_args!("unknown key `{other}`")))
-                        }
+                        other => return Err(fail(format_args!("unknown key `{other}`"))),
                     }
                 }
                 Ok(b)
@@ -370,13 +404,11 @@ impl<'de> Deserialize<'de> for Module {
                     match key {
                         "name" => m.name = text(&mut map, key)?,
                         "params" => m.params = Some(text(&mut map, key)?),
-                        other => {
-                            return Err(de::Error::custom(format_args!("unknown key `{other}`")))
-                        }
+                        other => return Err(fail(format_args!("unknown key `{other}`"))),
                     }
                 }
                 if m.name.is_empty() {
-                    return Err(de::Error::custom("name: missing or empty"));
+                    return Err(fail("name: missing or empty"));
                 }
                 Ok(m)
             }
@@ -387,6 +419,23 @@ impl<'de> Deserialize<'de> for Module {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fuzz_crash_long_error_messages_are_errors_not_panics() {
+        // With its custom-error-messages feature, serde-json-core 0.7 panics on messages
+        // over 64 bytes.
+        let crash = include_bytes!("../fuzz/regressions/board-long-error-message");
+        assert!(Board::parse("b", crash).is_err());
+        // A long message quoting non-ASCII input: an error naming the key, not a panic.
+        let long = "é".repeat(40);
+        let e = Board::parse(
+            "b",
+            format!("{{\"name\":\"b\",\"device_timeout_ms\":\"{long}\"}}").as_bytes(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("device_timeout_ms: "), "{e}");
+        assert!(Board::parse("b", "{\"name\":\"é\"}".as_bytes()).is_ok());
+    }
+
     use super::*;
 
     fn err(json: &str) -> String {

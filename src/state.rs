@@ -117,6 +117,18 @@ mod tests {
     }
 
     #[test]
+    fn fuzz_crash_long_error_messages_are_errors_not_panics() {
+        // serde-json-core 0.7 with custom-error-messages panicked on messages over 64 bytes.
+        let crash = include_bytes!("../fuzz/regressions/state-long-error-message");
+        assert!(State::from_json(crash).is_err());
+        let s = State {
+            reason: Some(fit("mount /dév/vda2: ünknown")),
+            ..State::default()
+        };
+        assert_eq!(State::from_json(&s.to_json().unwrap()).unwrap(), s);
+    }
+
+    #[test]
     fn long_text_is_cut_not_refused() {
         let long = "é".repeat(400);
         let t: Text<512> = fit(&long);

@@ -106,10 +106,10 @@ pub fn identify(buf: &[u8]) -> Content {
 }
 
 /// Where the writable area starts after a squashfs in the same partition (OpenWrt x86): the
-/// end of the squashfs rounded up to 64 KiB.
-pub fn after_squashfs_offset(bytes_used: u64) -> u64 {
+/// end of the squashfs rounded up to 64 KiB. None when a hostile `bytes_used` would overflow.
+pub fn after_squashfs_offset(bytes_used: u64) -> Option<u64> {
     const ALIGN: u64 = 64 * 1024;
-    bytes_used.div_ceil(ALIGN) * ALIGN
+    bytes_used.div_ceil(ALIGN).checked_mul(ALIGN)
 }
 
 #[cfg(test)]
@@ -221,9 +221,10 @@ mod tests {
 
     #[test]
     fn offset_after_squashfs() {
-        assert_eq!(after_squashfs_offset(0), 0);
-        assert_eq!(after_squashfs_offset(1), 65536);
-        assert_eq!(after_squashfs_offset(65536), 65536);
-        assert_eq!(after_squashfs_offset(65537), 131072);
+        assert_eq!(after_squashfs_offset(0), Some(0));
+        assert_eq!(after_squashfs_offset(1), Some(65536));
+        assert_eq!(after_squashfs_offset(65536), Some(65536));
+        assert_eq!(after_squashfs_offset(65537), Some(131072));
+        assert_eq!(after_squashfs_offset(u64::MAX), None);
     }
 }

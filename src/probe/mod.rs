@@ -319,10 +319,11 @@ fn after_rom(rom_dev: &Path, sys: &mut dyn Sys) -> Result<DataFound, String> {
             rom_dev.display()
         ));
     };
-    let offset = magic::after_squashfs_offset(bytes_used);
     let size = device_size(rom_dev).map_err(|e| format!("size of {}: {e}", rom_dev.display()))?;
-    // Less than one 64 KiB block after the ROM is no writable area.
-    if size < offset + 64 * 1024 {
+    let offset = magic::after_squashfs_offset(bytes_used).unwrap_or(u64::MAX);
+    // Less than one 64 KiB block after the ROM is no writable area (a squashfs claiming to be
+    // larger than its partition is that too).
+    if offset.checked_add(64 * 1024).is_none_or(|end| size < end) {
         return Err(format!(
             "after-rom: no space after the squashfs in {} (squashfs ends at {offset}, partition is {size} bytes)",
             rom_dev.display()
