@@ -945,3 +945,24 @@ fn privileged_preinit_by_hand_without_a_target_refuses() {
     assert!(stderr.contains("refusing to run: not PID 1"), "{stderr}");
     drop(s);
 }
+
+/// Blank means blank over the first MiB: 0xFF for 4 KiB and another file system's superblock
+/// further in (btrfs keeps its at 64 KiB) is not formatted, and neither is a stray byte.
+#[test]
+fn privileged_blank_head_with_a_superblock_further_in_is_left_untouched() {
+    let s = Scenario::new();
+    let data = s.data("data.img", 8, 0xff);
+    sh(&format!(
+        "printf '_BHRfS_M' | dd of={} bs=1 seek={} conv=notrunc status=none",
+        data.display(),
+        0x10040
+    ));
+    expect_fallback(&s, &data, "", None, "holds btrfs, not ext4; left untouched");
+    let stray = s.data("stray.img", 8, 0xff);
+    sh(&format!(
+        "printf 'x' | dd of={} bs=1 seek={} conv=notrunc status=none",
+        stray.display(),
+        (1 << 20) - 1
+    ));
+    expect_fallback(&s, &stray, "", None, "holds unknown, not ext4; left untouched");
+}

@@ -12,10 +12,18 @@
 //! - gzip `1f 8b` at 0: a config backup written raw onto the partition by an upgrade;
 //! - ext2/3/4 0xEF53 (LE16) at 0x438, its 16-byte volume label at 0x478;
 //! - f2fs 0xF2F52010 (LE32) at 0x400;
+//! - LUKS `LUKS\xba\xbe` and XFS `XFSB` at 0; swap `SWAPSPACE2` (or `SWAP-SPACE`) at 4086, the
+//!   end of its first 4 KiB page; ISO9660 `CD001` at 0x8001; btrfs `_BHRfS_M` at 0x10040: the
+//!   last two lie beyond 4 KiB, which is why blankness is judged over [`BLANK_WINDOW`];
 //! - all 0xFF: erased flash (or a partition left blank by ovl's image builder); all 0: zeroed.
 
-/// How many bytes [`identify`] wants: enough for the ext4 label and a fair look at blankness.
+/// How many bytes [`identify`] wants: enough for the ext4 label and the swap signature.
 pub const PROBE_BYTES: usize = 4096;
+/// A block partition counts as blank (erased or zeroes, so ovl may format it) only when this
+/// much of its start (or all of it, when smaller) is that one byte: 1 MiB is past every
+/// common superblock (btrfs at 64 KiB, ISO9660 at 32 KiB, the LUKS2 secondary header at
+/// 16 KiB and up, GPT's and MBR's tables) and is what partitioning tools leave free.
+pub const BLANK_WINDOW: usize = 1 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Content {
@@ -26,6 +34,11 @@ pub enum Content {
     Gzip,
     Ext4 { label: String },
     F2fs,
+    Btrfs,
+    Iso9660,
+    Swap,
+    Luks,
+    Xfs,
     Erased,
     Zeroes,
     Unknown,
@@ -42,6 +55,11 @@ impl Content {
             Content::Gzip => "gzip",
             Content::Ext4 { .. } => "ext4",
             Content::F2fs => "f2fs",
+            Content::Btrfs => "btrfs",
+            Content::Iso9660 => "iso9660",
+            Content::Swap => "swap",
+            Content::Luks => "luks",
+            Content::Xfs => "xfs",
             Content::Erased => "erased",
             Content::Zeroes => "zeroes",
             Content::Unknown => "unknown",
@@ -57,6 +75,12 @@ const EXT4_MAGIC_AT: usize = 0x438;
 const EXT4_LABEL_AT: usize = 0x478;
 const F2FS_MAGIC_AT: usize = 0x400;
 const F2FS: [u8; 4] = 0xF2F5_2010u32.to_le_bytes();
+const EXT4_UUID_AT: usize = 0x468;
+const LUKS: [u8; 6] = *b"LUKS\xba\xbe";
+const XFS: [u8; 4] = *b"XFSB";
+const SWAP_AT: usize = 4086;
+const ISO9660_AT: usize = 0x8001;
+const BTRFS_AT: usize = 0x10040;
 
 fn at<const N: usize>(buf: &[u8], off: usize) -> Option<[u8; N]> {
     buf.get(off..off + N)?.try_into().ok()
@@ -96,6 +120,21 @@ pub fn identify(buf: &[u8]) -> Content {
     if at::<4>(buf, F2FS_MAGIC_AT) == Some(F2FS) {
         return Content::F2fs;
     }
+    if at::<6>(buf, 0) == Some(LUKS) {
+        return Content::Luks;
+    }
+    if at::<4>(buf, 0) == Some(XFS) {
+        return Content::Xfs;
+    }
+    if matches!(at::<10>(buf, SWAP_AT), Some(s) if &s == b"SWAPSPACE2" || &s == b"SWAP-SPACE") {
+        return Content::Swap;
+    }
+    if at::<5>(buf, ISO9660_AT) == Some(*b"CD001") {
+        return Content::Iso9660;
+    }
+    if at::<8>(buf, BTRFS_AT) == Some(*b"_BHRfS_M") {
+        return Content::Btrfs;
+    }
     if buf.iter().all(|&b| b == 0xff) {
         return Content::Erased;
     }
@@ -103,6 +142,35 @@ pub fn identify(buf: &[u8]) -> Content {
         return Content::Zeroes;
     }
     Content::Unknown
+}
+
+/// The ext4 file system UUID (`s_uuid`), for `UUID=` selectors.
+pub fn ext4_uuid(buf: &[u8]) -> Option<[u8; 16]> {
+    matches!(identify(buf), Content::Ext4 { .. })
+        .then(|| at::<16>(buf, EXT4_UUID_AT))
+        .flatten()
+}
+
+/// What a block partition holds, judged over its first [`BLANK_WINDOW`] bytes (`window`, or
+/// less when the partition is smaller): blank only when all of it is the one byte, else what
+/// a superblock in it says, else unknown.
+pub fn identify_block(window: &[u8]) -> Content {
+    let head = window.get(..PROBE_BYTES).unwrap_or(window);
+    match identify(head) {
+        blank @ (Content::Erased | Content::Zeroes) => {
+            let byte = if blank == Content::Erased { 0xff } else { 0 };
+            if window.iter().all(|&b| b == byte) {
+                blank
+            } else {
+                match identify(window) {
+                    // The head was blank, so only a superblock further in can name it.
+                    Content::Erased | Content::Zeroes => Content::Unknown,
+                    other => other,
+                }
+            }
+        }
+        other => other,
+    }
 }
 
 /// Where the writable area starts after a squashfs in the same partition (OpenWrt x86): the
@@ -208,6 +276,47 @@ mod tests {
         assert_eq!(identify(&b), Content::Unknown);
         b[..4].copy_from_slice(&DEADCODE);
         assert_eq!(identify(&b), Content::Marker);
+    }
+
+    #[test]
+    fn blank_means_blank_over_the_whole_window() {
+        let mut w = vec![0xffu8; BLANK_WINDOW];
+        assert_eq!(identify_block(&w), Content::Erased);
+        assert_eq!(
+            identify_block(&w[..8192]),
+            Content::Erased,
+            "a small partition"
+        );
+        w[BLANK_WINDOW - 1] = 0;
+        assert_eq!(
+            identify_block(&w),
+            Content::Unknown,
+            "0xFF for 4 KiB is not blank"
+        );
+        let mut btrfs = vec![0xffu8; BLANK_WINDOW];
+        btrfs[BTRFS_AT..BTRFS_AT + 8].copy_from_slice(b"_BHRfS_M");
+        assert_eq!(identify_block(&btrfs), Content::Btrfs);
+        let mut iso = vec![0u8; BLANK_WINDOW];
+        iso[ISO9660_AT..ISO9660_AT + 5].copy_from_slice(b"CD001");
+        assert_eq!(identify_block(&iso), Content::Iso9660);
+        assert_eq!(identify_block(&vec![0u8; BLANK_WINDOW]), Content::Zeroes);
+        let mut swap = vec![0u8; PROBE_BYTES];
+        swap[SWAP_AT..SWAP_AT + 10].copy_from_slice(b"SWAPSPACE2");
+        assert_eq!(identify(&swap), Content::Swap);
+        assert_eq!(identify(&buf_with(0, b"LUKS\xba\xbe")), Content::Luks);
+        assert_eq!(identify(&buf_with(0, b"XFSB")), Content::Xfs);
+        // Not blank, not anything known: what the head says.
+        assert_eq!(identify_block(&buf_with(0, b"x")), Content::Unknown);
+        assert_eq!(identify_block(&[]), Content::Unknown);
+    }
+
+    #[test]
+    fn ext4_uuid_is_read_from_the_superblock() {
+        let mut b = vec![0u8; PROBE_BYTES];
+        assert_eq!(ext4_uuid(&b), None);
+        b[0x438..0x43a].copy_from_slice(&[0x53, 0xef]);
+        b[0x468..0x478].copy_from_slice(&[7; 16]);
+        assert_eq!(ext4_uuid(&b), Some([7; 16]));
     }
 
     #[test]

@@ -269,7 +269,7 @@ fn identify_data(hit: &Hit, src: &Sources) -> Result<DataFound, String> {
         .map_err(|e| format!("read {}: {e}", read_from.display()))?;
     let content = match hit {
         Hit::Mtd(m) => mtd_content(&read_from, &head, m)?,
-        Hit::Block(_) => identify(&head),
+        Hit::Block(_) => block_content(&read_from, &head)?,
     };
     Ok(DataFound {
         device: dev.display().to_string(),
@@ -308,6 +308,19 @@ fn mtd_content(dev: &Path, head: &[u8], m: &mtd::MtdPart) -> Result<Content, Str
     Ok(verdict)
 }
 
+/// What a block partition holds: a blank-looking head is read on to [`magic::BLANK_WINDOW`],
+/// since other file systems keep their superblocks beyond 4 KiB (btrfs, ISO9660).
+fn block_content(dev: &Path, head: &[u8]) -> Result<Content, String> {
+    match identify(head) {
+        Content::Erased | Content::Zeroes => {
+            let window = read_head(dev, magic::BLANK_WINDOW)
+                .map_err(|e| format!("read {}: {e}", dev.display()))?;
+            Ok(magic::identify_block(&window))
+        }
+        other => Ok(other),
+    }
+}
+
 /// The OpenWrt x86 layout: the writable area starts after the squashfs, rounded up to 64 KiB,
 /// in the ROM's own partition; a loop device at that offset makes it a block device.
 fn after_rom(rom_dev: &Path, sys: &mut dyn Sys) -> Result<DataFound, String> {
@@ -339,7 +352,7 @@ fn after_rom(rom_dev: &Path, sys: &mut dyn Sys) -> Result<DataFound, String> {
             backing: rom_dev.display().to_string(),
             offset,
         },
-        content: identify(&head),
+        content: block_content(&dev, &head)?,
     })
 }
 
