@@ -159,6 +159,10 @@ pub enum Selector {
     Label(String),
     /// A device node: `/dev/vda2`.
     Path(String),
+    /// A partition's GPT unique GUID or MBR `SIGNATURE-NN`: `PARTUUID=...` (lowercase here).
+    PartUuid(String),
+    /// A file system UUID (ext4): `UUID=...` (lowercase here).
+    Uuid(String),
     /// The OpenWrt x86 layout: the space after the squashfs in the ROM's own partition.
     AfterRom,
     /// The usual places in OpenWrt's order: GPT name, MTD name, then (for data) after the ROM.
@@ -187,6 +191,31 @@ impl Selector {
             .or_else(|| s.strip_prefix("LABEL="))
         {
             Ok(Selector::Label(nonempty(v, "label")?))
+        } else if let Some(v) = s
+            .strip_prefix("partuuid:")
+            .or_else(|| s.strip_prefix("PARTUUID="))
+        {
+            let v = v.to_ascii_lowercase();
+            // GPT: 8-4-4-4-12 hex digits; MBR: 8-2, the kernel's `%08x-%02x`.
+            let groups: Vec<usize> = v.split('-').map(str::len).collect();
+            let hex = v.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+            if hex && (groups == [8, 4, 4, 4, 12] || groups == [8, 2]) {
+                Ok(Selector::PartUuid(v))
+            } else {
+                Err(format!(
+                    "`{s}` is not a PARTUUID (GPT: 8-4-4-4-12 hex digits; MBR: SSSSSSSS-NN)"
+                ))
+            }
+        } else if let Some(v) = s.strip_prefix("uuid:").or_else(|| s.strip_prefix("UUID=")) {
+            let v = v.to_ascii_lowercase();
+            let groups: Vec<usize> = v.split('-').map(str::len).collect();
+            if v.chars().all(|c| c.is_ascii_hexdigit() || c == '-') && groups == [8, 4, 4, 4, 12] {
+                Ok(Selector::Uuid(v))
+            } else {
+                Err(format!(
+                    "`{s}` is not a file system UUID (8-4-4-4-12 hex digits)"
+                ))
+            }
         } else if s.starts_with("/dev/") && s.len() > 5 {
             Ok(Selector::Path(s.to_string()))
         } else if s == "after-rom" {
@@ -195,7 +224,7 @@ impl Selector {
             Ok(Selector::Auto)
         } else {
             Err(format!(
-                "`{s}` is not a selector (mtd:NAME, partname:NAME, label:NAME, /dev/PATH, after-rom, auto)"
+                "`{s}` is not a selector (mtd:NAME, partname:NAME, label:NAME, PARTUUID=, UUID=, /dev/PATH, after-rom, auto)"
             ))
         }
     }
@@ -208,6 +237,8 @@ impl fmt::Display for Selector {
             Selector::PartName(n) => write!(f, "partname:{n}"),
             Selector::Label(n) => write!(f, "label:{n}"),
             Selector::Path(p) => write!(f, "{p}"),
+            Selector::PartUuid(u) => write!(f, "PARTUUID={u}"),
+            Selector::Uuid(u) => write!(f, "UUID={u}"),
             Selector::AfterRom => write!(f, "after-rom"),
             Selector::Auto => write!(f, "auto"),
         }
@@ -419,6 +450,26 @@ impl<'de> Deserialize<'de> for Module {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn uuid_selectors() {
+        assert_eq!(
+            Selector::parse("PARTUUID=5452574F-2211-4433-5566-778899AABB02"),
+            Ok(Selector::PartUuid(
+                "5452574f-2211-4433-5566-778899aabb02".into()
+            ))
+        );
+        assert_eq!(
+            Selector::parse("partuuid:deadbeef-02"),
+            Ok(Selector::PartUuid("deadbeef-02".into()))
+        );
+        assert!(Selector::parse("PARTUUID=deadbeef-2").is_err());
+        assert!(Selector::parse("PARTUUID=xyz").is_err());
+        assert!(Selector::parse("UUID=deadbeef-02").is_err());
+        assert!(Selector::parse("UUID=0123456789abcdef0123456789abcdef").is_err());
+        let u = Selector::parse("UUID=01234567-89AB-cdef-0123-456789abcdef").unwrap();
+        assert_eq!(u.to_string(), "UUID=01234567-89ab-cdef-0123-456789abcdef");
+    }
+
     #[test]
     fn fuzz_crash_long_error_messages_are_errors_not_panics() {
         // With its custom-error-messages feature, serde-json-core 0.7 panics on messages

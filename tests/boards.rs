@@ -856,6 +856,51 @@ fn disk_power_cut_during_writes_keeps_what_was_synced() {
     power_cut_during_writes(DISK, "ext4", "disk-cut-stream");
 }
 
+/// The partition's unique GUID, as `sgdisk -i` prints it (upper case).
+fn gpt_guid(img: &Path, n: u32) -> String {
+    let out = Command::new("sgdisk")
+        .args(["-i", &n.to_string()])
+        .arg(img)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("Partition unique GUID: "))
+        .map(|g| g.trim().to_string())
+        .unwrap_or_else(|| panic!("no unique GUID for partition {n}:\n{text}"))
+}
+
+/// `root=PARTUUID=` (as OpenWrt x86 passes it) and `ovl.data=PARTUUID=`: the GPT's own GUIDs,
+/// read from the partition table by ovl, since sysfs does not publish them.
+#[test]
+fn disk_partuuid_names_the_rom_and_the_data_partition() {
+    let s = Storage::new(DISK, "disk-partuuid");
+    let (rom, data) = (gpt_guid(&s.path, 1), gpt_guid(&s.path, 2));
+    let append = format!(
+        "root=PARTUUID={rom} ovl.data=PARTUUID={}",
+        data.to_lowercase()
+    );
+    let mut g = s.boot(1, &["--append", &append]);
+    let st = g.status();
+    assert_persistent(&st, "ext4", "format");
+    assert_eq!(st["rom"]["device"], "/dev/vda1", "{st}");
+    assert_eq!(st["data"]["device"], "/dev/vda2", "{st}");
+    assert_eq!(st["notes"], serde_json::json!([]), "{st}");
+    g.poweroff();
+    // A PARTUUID that names nothing: the board's selector finds the partition, and says so.
+    let wrong = "PARTUUID=00000000-0000-0000-0000-000000000000";
+    let mut g = s.boot(2, &["--append", &format!("ovl.data={wrong}")]);
+    let st = g.status();
+    assert_persistent(&st, "ext4", "mount");
+    let note = st["notes"][0].as_str().unwrap_or_default();
+    assert!(
+        note.contains("no writable partition (PARTUUID=00000000")
+            && note.contains("partname:rootfs_data"),
+        "{st}"
+    );
+    g.poweroff();
+}
+
 // ---- OpenWrt x86 combined: the writable area after the squashfs in one partition ----
 
 #[test]

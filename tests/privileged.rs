@@ -964,5 +964,11 @@ fn privileged_blank_head_with_a_superblock_further_in_is_left_untouched() {
         stray.display(),
         (1 << 20) - 1
     ));
-    expect_fallback(&s, &stray, "", None, "holds unknown, not ext4; left untouched");
+    expect_fallback(
+        &s,
+        &stray,
+        "",
+        None,
+        "holds unknown, not ext4; left untouched",
+    );
 }

@@ -18,6 +18,10 @@ pub struct BlockDev {
     pub major: u32,
     pub minor: u32,
     pub is_partition: bool,
+    /// The partition number (PARTN), from 1.
+    pub partn: Option<u32>,
+    /// The whole disk a partition is on (from sysfs), for reading its partition table.
+    pub disk: Option<String>,
 }
 
 impl BlockDev {
@@ -38,6 +42,7 @@ pub fn parse_uevent(text: &str) -> Option<BlockDev> {
             "MAJOR" => dev.major = v.parse().ok()?,
             "MINOR" => dev.minor = v.parse().ok()?,
             "DEVTYPE" => dev.is_partition = v == "partition",
+            "PARTN" => dev.partn = v.parse().ok(),
             _ => {}
         }
     }
@@ -55,11 +60,37 @@ pub fn scan(sysfs: &Path) -> Vec<BlockDev> {
     };
     let mut devs: Vec<BlockDev> = entries
         .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("uevent")).ok())
-        .filter_map(|t| parse_uevent(&t))
+        .filter_map(|e| {
+            let mut d = parse_uevent(&std::fs::read_to_string(e.path().join("uevent")).ok()?)?;
+            if d.is_partition {
+                d.disk = disk_of(sysfs, &e.path(), &d.devname);
+            }
+            Some(d)
+        })
         .collect();
     devs.sort_by(|a, b| a.devname.cmp(&b.devname));
     devs
+}
+
+/// The disk of a partition: the parent of its directory in sysfs (`.../block/vda/vda2`), or,
+/// where that is not a block device (fixtures), its name without the partition suffix
+/// (`vda2`, `mmcblk0p2`, `nvme0n1p2`).
+fn disk_of(sysfs: &Path, entry: &Path, name: &str) -> Option<String> {
+    let class = sysfs.join("class/block");
+    let parent = std::fs::canonicalize(entry).ok().and_then(|p| {
+        p.parent()
+            .and_then(|d| d.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+    });
+    if let Some(p) = parent.filter(|p| class.join(p).exists()) {
+        return Some(p);
+    }
+    let stem = name.trim_end_matches(|c: char| c.is_ascii_digit());
+    let stem = match stem.strip_suffix('p') {
+        Some(s) if s.ends_with(|c: char| c.is_ascii_digit()) => s,
+        _ => stem,
+    };
+    (stem != name && !stem.is_empty() && class.join(stem).exists()).then(|| stem.to_string())
 }
 
 pub fn find_partname<'a>(devs: &'a [BlockDev], name: &str) -> Option<&'a BlockDev> {

@@ -5,6 +5,7 @@ pub mod block;
 pub mod jffs2;
 pub mod magic;
 pub mod mtd;
+pub mod parttable;
 
 use crate::board::Selector;
 use crate::plan::{DataFound, DataKind, RomFound};
@@ -133,6 +134,26 @@ pub fn resolve(sel: &Selector, role: &str, snap: &Snapshot, src: &Sources) -> Op
                 _ => None,
             }
         }),
+        Selector::PartUuid(want) => snap.blocks.iter().find_map(|d| {
+            let (Some(n), Some(disk)) = (d.partn, d.disk.as_deref()) else {
+                return None;
+            };
+            let table = match parttable::read(&src.dev_dir.join(disk)) {
+                Ok(t) => t,
+                Err(e) => {
+                    log::debug!("PARTUUID: {e}");
+                    return None;
+                }
+            };
+            (table.partuuid(n).as_deref() == Some(want.as_str()))
+                .then(|| node(&d.devname).map(Hit::Block))
+                .flatten()
+        }),
+        Selector::Uuid(want) => snap.blocks.iter().find_map(|d| {
+            let p = node(&d.devname)?;
+            let uuid = magic::ext4_uuid(&read_head(&p, PROBE_BYTES).ok()?)?;
+            (&uuid_text(&uuid) == want).then_some(Hit::Block(p))
+        }),
         Selector::Path(p) => {
             let p = dev_path(src, p);
             p.exists().then_some(Hit::Block(p))
@@ -142,6 +163,18 @@ pub fn resolve(sel: &Selector, role: &str, snap: &Snapshot, src: &Sources) -> Op
         // Needs the ROM: see find.
         Selector::AfterRom => None,
     }
+}
+
+/// A file system UUID as blkid prints it: the 16 bytes in order, 8-4-4-4-12.
+fn uuid_text(u: &[u8; 16]) -> String {
+    let mut s = String::with_capacity(36);
+    for (i, b) in u.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
 }
 
 /// What find was asked for.
@@ -422,6 +455,49 @@ mod tests {
             data: data.map(|s| Selector::parse(s).unwrap()),
             timeout: Duration::from_millis(ms),
         }
+    }
+
+    #[test]
+    fn partuuid_and_uuid_selectors_read_the_table_and_the_superblock() {
+        let f = Fixture::new();
+        // A whole disk with a GPT (by sgdisk), and its second partition, as sysfs shows them.
+        let disk = f.src.dev_dir.join("vda");
+        std::fs::write(&disk, vec![0u8; 4 << 20]).unwrap();
+        let out = std::process::Command::new("sgdisk")
+            .args(["-n", "1:2048:4095", "-n", "2:4096:6143"])
+            .args(["-u", "2:5452574F-2211-4433-5566-778899AABB02"])
+            .arg(&disk)
+            .output()
+            .expect("sgdisk is needed (package gdisk)");
+        assert!(out.status.success());
+        let d = f.src.sys_dir.join("class/block/vda");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("uevent"),
+            "MAJOR=254\nMINOR=0\nDEVNAME=vda\nDEVTYPE=disk\n",
+        )
+        .unwrap();
+        let mut ext4 = vec![0u8; PROBE_BYTES];
+        ext4[0x438..0x43a].copy_from_slice(&[0x53, 0xef]);
+        ext4[0x468..0x478].copy_from_slice(&[0xab; 16]);
+        f.part("vda2", "data", &ext4);
+        let uevent = f.src.sys_dir.join("class/block/vda2/uevent");
+        let text = std::fs::read_to_string(&uevent).unwrap() + "PARTN=2\n";
+        std::fs::write(&uevent, text).unwrap();
+        let snap = snapshot(&f.src);
+        let hit = |s: &str| resolve(&Selector::parse(s).unwrap(), "rootfs_data", &snap, &f.src);
+        let vda2 = Some(Hit::Block(f.src.dev_dir.join("vda2")));
+        assert_eq!(hit("PARTUUID=5452574f-2211-4433-5566-778899AABB02"), vda2);
+        assert_eq!(hit("PARTUUID=5452574f-2211-4433-5566-778899aabb03"), None);
+        assert_eq!(hit("UUID=abababab-abab-abab-abab-abababababab"), vda2);
+        assert_eq!(hit("UUID=abababab-abab-abab-abab-abababababac"), None);
+        // The same disk with an MBR instead: SIGNATURE-NN.
+        let mut mbr = vec![0u8; 1 << 20];
+        mbr[440..444].copy_from_slice(&0x1234abcdu32.to_le_bytes());
+        mbr[510..512].copy_from_slice(&[0x55, 0xaa]);
+        std::fs::write(&disk, mbr).unwrap();
+        assert_eq!(hit("PARTUUID=1234ABCD-02"), vda2);
+        assert_eq!(hit("PARTUUID=1234abcd-01"), None);
     }
 
     #[test]
