@@ -20,3 +20,5 @@ qemu-arm/build.sh $BOARDS
 say "unit tests, privileged tests on real mounts, emulated boards (cargo test)"
 # Two at a time: each board scenario runs a QEMU, and there are two cores.
 RUST_TEST_THREADS=2 cargo test --quiet --lib --bins --tests 2>&1
+say "fuzz targets, briefly (bench/fuzz.sh 5): a parser that crashes on what it found before fails here"
+bench/fuzz.sh 5

@@ -283,6 +283,21 @@ fn changed_outside(stamp: &Path) -> String {
     ))
 }
 
+/// `sh -c script` in a private mount namespace of its own: nothing it mounts reaches the host.
+fn in_namespace(script: &str) -> Command {
+    let mut c = Command::new("unshare");
+    c.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    c
+}
+
 /// mkfs.ext4 with its libraries, for scenarios whose initramfs ships it.
 fn initramfs_mkfs() -> PathBuf {
     static TREE: OnceLock<PathBuf> = OnceLock::new();
@@ -382,16 +397,7 @@ impl Scenario {
                 c = cmdline.display()
             ),
         };
-        let out = Command::new("unshare")
-            .args([
-                "--mount",
-                "--propagation",
-                "private",
-                "--",
-                "sh",
-                "-c",
-                &script,
-            ])
+        let out = in_namespace(&script)
             .env("OVL_TEST_ACTION", b.action)
             .output()
             .expect("run unshare");
@@ -908,18 +914,7 @@ fn privileged_no_rom_says_so_and_stays_inside_the_target() {
         t = target.display(),
         c = cmdline.display()
     );
-    let out = Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ])
-        .output()
-        .expect("run unshare");
+    let out = in_namespace(&script).output().expect("run unshare");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stdout.contains("EXIT=3"), "{stdout}\n{stderr}");
