@@ -741,6 +741,24 @@ fn nor_full_jffs2_still_gives_a_writable_root() {
     g.poweroff();
 }
 
+/// A marker anywhere but big-endian at offset 0 is no marker: on erased flash, the word at
+/// offset 4 and one at the start of the second erase block make the partition unknown, and
+/// the whole data region stays as it was (no erase, no mount).
+#[test]
+fn nor_marker_in_the_wrong_place_is_left_untouched() {
+    let s = Storage::new(NOR, "nor-marker-wrong-place");
+    s.write(NOR_DATA + 4, &[0xde, 0xad, 0xc0, 0xde]);
+    s.write(NOR_DATA + 256 * 1024, &[0xde, 0xc0, 0xad, 0xde]);
+    let before = s.read(NOR_DATA, 48 * MIB);
+    let mut g = s.boot(1, &[]);
+    assert_tmpfs(&mut g, "tmpfs", "left untouched");
+    g.poweroff();
+    assert!(
+        s.read(NOR_DATA, 48 * MIB) == before,
+        "a misplaced marker changed rootfs_data"
+    );
+}
+
 /// No ROM to mount: preinit says so in one line, waits and reboots (QEMU runs with
 /// -no-reboot, so it exits); no kernel panic, and the flash is left as it was.
 #[test]
