@@ -22,9 +22,10 @@ fn unescape(s: &str) -> String {
     while let Some((&c, rest)) = b.split_first() {
         match (c, rest) {
             (b'\\', [x, y, z, tail @ ..]) => {
-                if let (Some(x), Some(y), Some(z)) = (octal(*x), octal(*y), octal(*z)) {
-                    // \ooo of a byte: the top digit is at most 3 for the kernel's escapes.
-                    out.push(x.wrapping_mul(64).wrapping_add(y * 8).wrapping_add(z));
+                // \ooo of a byte (\000 to \377); anything above is no escape the kernel
+                // writes, and stays as text rather than wrapping into a wrong byte.
+                if let (Some(x @ 0..=3), Some(y), Some(z)) = (octal(*x), octal(*y), octal(*z)) {
+                    out.push(x * 64 + y * 8 + z);
                     b = tail;
                     continue;
                 }
@@ -408,6 +409,14 @@ mod tests {
                 free_inodes: 0,
             }),
         }
+    }
+
+    #[test]
+    fn octal_escapes_over_a_byte_are_kept_as_text() {
+        // Found by fuzzing (a helper's run): \777 used to wrap into a wrong byte.
+        assert_eq!(unescape("a\\777b"), "a\\777b");
+        assert_eq!(unescape("a\\377"), String::from_utf8_lossy(b"a\xff"));
+        assert_eq!(unescape("x\\040y\\1"), "x y\\1");
     }
 
     #[test]
