@@ -243,7 +243,7 @@ fn ladder(sys: &mut dyn Sys, input: &PlanInput, cfg: &Config, clock: &mut Clock)
         }
     }
     if plan.mode == Mode::Persistent {
-        if let Some(retry) = with_default_format(input, cfg) {
+        if let Some(retry) = with_default_format(&plan, input, cfg) {
             let again = plan::build(&retry);
             match attempt(sys, &again, clock) {
                 Ok(()) => {
@@ -350,11 +350,8 @@ fn switched(plan: &Plan) -> Outcome {
 
 /// The persistent plan once more with the built-in mkfs and label, when the board's differ
 /// and the plan formats (a program may refuse a label or be missing where the board says).
-fn with_default_format(input: &PlanInput, cfg: &Config) -> Option<PlanInput> {
-    let formats = plan::build(input)
-        .upper
-        .iter()
-        .any(|s| matches!(s, Step::Format { .. }));
+fn with_default_format(plan: &Plan, input: &PlanInput, cfg: &Config) -> Option<PlanInput> {
+    let formats = plan.upper.iter().any(|s| matches!(s, Step::Format { .. }));
     if !formats || (cfg.mkfs.is_default() && cfg.data_label.is_default()) {
         return None;
     }
@@ -474,8 +471,9 @@ fn find(
         sys,
     );
     let (mut rom, mut data) = (found.rom, found.data);
+    let mut rom_sel = first(&cfg.rom);
     if want_rom {
-        rom = retry(rom, &cfg.rom, "ROM", state, |sel| {
+        let (r, sel) = retry(rom, &cfg.rom, "ROM", state, |sel| {
             probe::find(
                 &Wanted {
                     rom: Some(sel),
@@ -487,11 +485,19 @@ fn find(
             )
             .rom
         });
+        rom = r;
+        rom_sel = sel.cloned();
     }
     // A data selector that names nothing is retried only in normal boots: failsafe looks at
     // nothing, volatile keeps nothing.
     if want_data && cfg.request == Request::Normal && data.is_err() {
-        let rom_sel = rom.as_ref().ok().and(first(&cfg.rom));
+        // The ROM as it was found (after-rom and auto look beside it), by the selector that
+        // found it.
+        let rom_sel = if want_rom && rom.is_ok() {
+            rom_sel
+        } else {
+            None
+        };
         data = retry(data, &cfg.data, "writable partition", state, |sel| {
             probe::find(
                 &Wanted {
@@ -503,25 +509,29 @@ fn find(
                 &mut *sys,
             )
             .data
-        });
+        })
+        .0;
     }
     (rom, data)
 }
 
 /// Tries the candidates after the first while `found` names no device. Only "not found" is
 /// retried: a device that was found but holds something else is a decision, not a typo.
-fn retry<T>(
+/// Returns the result and the selector that gave it (the first one unless a later one found
+/// the device).
+fn retry<'c, T>(
     found: Result<T, String>,
-    candidates: &[Value<Selector>],
+    candidates: &'c [Value<Selector>],
     what: &str,
     state: &mut State,
     mut look: impl FnMut(Selector) -> Result<T, String>,
-) -> Result<T, String> {
+) -> (Result<T, String>, Option<&'c Selector>) {
+    let first = candidates.first().map(|c| &c.value);
     let Err(first_err) = &found else {
-        return found;
+        return (found, first);
     };
     if !first_err.starts_with("no ") {
-        return found;
+        return (found, first);
     }
     for cand in candidates.iter().skip(1) {
         if let Ok(hit) = look(cand.value.clone()) {
@@ -531,10 +541,10 @@ fn retry<T>(
             );
             log::warn!("{note}");
             state.add_note(&note);
-            return Ok(hit);
+            return (Ok(hit), Some(&cand.value));
         }
     }
-    found
+    (found, first)
 }
 
 /// A kernel without devtmpfs: a tmpfs on /dev with the nodes preinit and init need first;
