@@ -21,6 +21,8 @@ pub enum Undo {
 #[derive(Debug, Default)]
 pub struct Done {
     pub undo: Vec<Undo>,
+    /// What the first-boot record said and what was done about it.
+    pub prepared: Option<crate::overlay::Prepared>,
 }
 
 impl Done {
@@ -54,6 +56,14 @@ fn step(sys: &mut dyn Sys, s: &Step, done: &mut Done) -> Result<(), SysError> {
             Ok(())
         }
         Step::CheckWritable { root, upper } => sys.check_writable(root, upper),
+        Step::Prepare { overlay, want } => {
+            let p = sys.prepare_overlay(overlay, want)?;
+            if let Some(why) = p.cleared {
+                log::info!("overlay emptied ({why}): {} entries removed", p.removed);
+            }
+            done.prepared = Some(p);
+            Ok(())
+        }
         Step::Format {
             device,
             mkfs,
@@ -229,6 +239,7 @@ mod tests {
                     to: "/newroot/dev".into(),
                 },
             ],
+            prepared: None,
         };
         undo(&mut r, &mut done);
         assert_eq!(

@@ -43,6 +43,8 @@ pub struct Board {
     pub mkfs: Option<Text<64>>,
     /// Label given to a partition ovl formats.
     pub data_label: Option<Text<16>>,
+    /// What to do with an overlay made for another ROM: `reset` (the default) or `keep`.
+    pub stale_overlay: Option<Text<8>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +104,13 @@ impl Board {
         }
         if let Some(f) = &board.format {
             FormatPolicy::parse(f).map_err(|e| invalid(format!("format: {e}")))?;
+        }
+        if let Some(p) = &board.stale_overlay {
+            if !matches!(p.as_str(), "reset" | "keep") {
+                return Err(invalid(format!(
+                    "stale_overlay: `{p}` is not one of reset, keep"
+                )));
+            }
         }
         Ok(board)
     }
@@ -378,6 +387,7 @@ impl<'de> Deserialize<'de> for Board {
                         "init" => b.init = Some(text(&mut map, key)?),
                         "mkfs" => b.mkfs = Some(text(&mut map, key)?),
                         "data_label" => b.data_label = Some(text(&mut map, key)?),
+                        "stale_overlay" => b.stale_overlay = Some(text(&mut map, key)?),
                         "device_timeout_ms" => {
                             b.device_timeout_ms = Some(map.next_value().map_err(|e| wrap(key, e))?)
                         }

@@ -73,6 +73,11 @@ pub struct Config {
     pub init: Value<String>,
     pub mkfs: Value<String>,
     pub data_label: Value<String>,
+    /// `ovl.reset[=WORD]` (or dracut's `rd.overlay.reset`): empty the overlay once; the word
+    /// (`1` when bare) is recorded so the same request is not done again on the next boot.
+    pub reset: Option<String>,
+    /// Board `stale_overlay: keep`: an overlay made for another ROM is kept.
+    pub keep_stale: bool,
     /// Values refused while resolving, and what was used instead: published with the state.
     pub notes: Vec<String>,
 }
@@ -231,8 +236,33 @@ impl Config {
                 ("data_label", board.data_label.as_deref()),
                 DEFAULT_DATA_LABEL,
             ),
+            reset: reset_word(cmdline, &mut notes),
+            keep_stale: board.stale_overlay.as_deref() == Some("keep"),
             notes,
         }
+    }
+}
+
+/// The reset request's word: letters, digits, `.`, `_`, `-`, at most 32 of them.
+fn reset_word(cmdline: &Cmdline, notes: &mut Vec<String>) -> Option<String> {
+    let (key, v) = ["ovl.reset", "rd.overlay.reset"]
+        .into_iter()
+        .find_map(|k| cmdline.get(k).map(|v| (k, v)))?;
+    if !cmdline.flag(key) {
+        return None;
+    }
+    let word = if v.is_empty() { "1" } else { v };
+    let ok = word.len() <= 32
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Some(word.to_string())
+    } else {
+        notes.push(format!(
+            "{key}={v} refused: the word may hold only letters, digits, . _ - (32 at most); no reset"
+        ));
+        None
     }
 }
 
@@ -246,6 +276,28 @@ mod tests {
 
     fn resolve(cmd: &str, b: &Board) -> Config {
         Config::resolve(&Cmdline::parse(cmd), b, BootKind::Initramfs)
+    }
+
+    #[test]
+    fn reset_switch_words() {
+        let b = Board::default();
+        assert_eq!(resolve("", &b).reset, None);
+        assert_eq!(resolve("ovl.reset", &b).reset.as_deref(), Some("1"));
+        assert_eq!(resolve("ovl.reset=0", &b).reset, None);
+        assert_eq!(
+            resolve("rd.overlay.reset=1", &b).reset.as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            resolve("ovl.reset=2026-12", &b).reset.as_deref(),
+            Some("2026-12")
+        );
+        let c = resolve("ovl.reset=a/b", &b);
+        assert_eq!(c.reset, None);
+        assert!(c.notes[0].contains("refused"), "{:?}", c.notes);
+        assert!(!c.keep_stale);
+        assert!(resolve("", &board(r#"{"name":"x","stale_overlay":"keep"}"#)).keep_stale);
+        assert!(Board::parse("t", br#"{"name":"x","stale_overlay":"wipe"}"#).is_err());
     }
 
     #[test]

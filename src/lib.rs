@@ -22,6 +22,7 @@ pub mod config;
 pub mod klog;
 pub mod loopdev;
 pub mod mtd;
+pub mod overlay;
 pub mod plan;
 pub mod preinit;
 pub mod probe;

@@ -133,6 +133,8 @@ pub struct PlanInput {
     pub mkfs: String,
     pub data_label: String,
     pub tmpfs_size: String,
+    /// What the persistent overlay is checked against (ROM identity, reset request).
+    pub prepare: crate::overlay::Prepare,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +162,12 @@ pub enum Step {
     },
     Erase {
         char_dev: String,
+    },
+    /// The first-boot record on the mounted writable partition: empties the upper when the
+    /// overlay is pending, a reset was asked for, or it was made for another ROM.
+    Prepare {
+        overlay: PathBuf,
+        want: crate::overlay::Prepare,
     },
     /// chdir into new_root, free the initramfs, move new_root onto old_root, chroot into it.
     SwitchRoot {
@@ -387,6 +395,10 @@ fn persistent_upper(input: &PlanInput, data: &DataFound) -> Result<Upper, String
     };
     steps.push(Step::Mkdir(o.clone()));
     steps.push(mount(dev, o.clone(), fstype, MsFlags::MS_NOATIME, ""));
+    steps.push(Step::Prepare {
+        overlay: o.clone(),
+        want: input.prepare.clone(),
+    });
     steps.push(Step::Mkdir(o.join("upper")));
     steps.push(Step::Mkdir(o.join("work")));
     Ok((steps, action, fstype))
@@ -527,6 +539,7 @@ mod tests {
             mkfs: "/usr/sbin/mkfs.ext4".into(),
             data_label: "rootfs_data".into(),
             tmpfs_size: "32m".into(),
+            prepare: Default::default(),
         }
     }
 

@@ -162,8 +162,17 @@ pub fn run(opts: &Options, sys: &mut dyn Sys) -> i32 {
         Err(e) if cfg.request == Request::Normal => log::warn!("{e}"),
         Err(_) => {}
     }
+    let mut rom_id = None;
     if let Ok(r) = &rom {
         clock.state.rom = Some(fit(&r.device));
+        // The identity the overlay is checked against; without it no overlay is called stale.
+        match crate::overlay::rom_identity(Path::new(&r.device)) {
+            Ok(id) => {
+                clock.state.rom_id = Some(fit(&id));
+                rom_id = Some(id);
+            }
+            Err(e) => log::warn!("ROM identity: {e}"),
+        }
     } else if boot == BootKind::Rootfs {
         clock.state.rom = Some(fit("/"));
     }
@@ -184,6 +193,11 @@ pub fn run(opts: &Options, sys: &mut dyn Sys) -> i32 {
         mkfs: cfg.mkfs.value.clone(),
         data_label: cfg.data_label.value.clone(),
         tmpfs_size: cfg.tmpfs_size.value.clone(),
+        prepare: crate::overlay::Prepare {
+            rom_id,
+            reset: cfg.reset.clone(),
+            keep_stale: cfg.keep_stale,
+        },
     };
 
     // 6. The fallback ladder, then 7. publish and exec.
@@ -373,8 +387,35 @@ fn attempt(sys: &mut dyn Sys, plan: &Plan, clock: &mut Clock) -> Result<(), SysE
         .map(|()| clock.lap("switch"));
     if r.is_err() {
         apply::undo(sys, &mut done);
+    } else if let Some(p) = done.prepared.take() {
+        record_prepared(&mut clock.state, &p);
     }
     r.map_err(explain)
+}
+
+/// Publishes what the first-boot record said and what preinit did about it.
+fn record_prepared(state: &mut State, p: &crate::overlay::Prepared) {
+    state.first_boot = p.first_boot.map(|f| fit(f.name()));
+    state.cleared = p.cleared.map(fit);
+    state.stale_from = p.stale_from.as_deref().map(fit);
+    state.upgrade_waiting = p.upgrade_waiting;
+    if let Some(n) = &p.note {
+        log::warn!("{n}");
+        state.add_note(n);
+    }
+    match (p.cleared, &p.stale_from) {
+        (Some("stale"), Some(was)) => {
+            let n = format!(
+                "the overlay was made for another ROM ({was}); reset (board stale_overlay: reset)"
+            );
+            log::warn!("{n}");
+            state.add_note(&n);
+        }
+        (Some("reset"), _) => {
+            state.add_note("the overlay was reset as the kernel command line asked (ovl.reset)")
+        }
+        _ => {}
+    }
 }
 
 /// Says plainly what a full partition or a failed write probe means: the kernel's words for

@@ -44,6 +44,16 @@ pub struct State {
     /// preinit's own peak resident set (children such as mkfs not counted).
     pub peak_rss_kib: u64,
     pub steps: heapless::Vec<Timing, 10>,
+    /// The ROM's identity (`overlay::rom_identity`).
+    pub rom_id: Option<Text<48>>,
+    /// pending or ready: the persistent overlay's first-boot record after preinit.
+    pub first_boot: Option<Text<8>>,
+    /// Why preinit emptied the upper this boot: pending, reset or stale.
+    pub cleared: Option<Text<8>>,
+    /// The ROM the overlay had been made for, when another one booted.
+    pub stale_from: Option<Text<48>>,
+    /// An upgrade backup waits beside the upper.
+    pub upgrade_waiting: bool,
     /// Values that were refused (by the parser, the kernel or a program) and what was used
     /// instead; what else a person should know about this boot.
     pub notes: heapless::Vec<Text<200>, 6>,

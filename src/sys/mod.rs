@@ -183,6 +183,13 @@ pub trait Sys {
     /// in it (and is removed again). The error says read-only or full (ENOSPC, EDQUOT).
     /// `upper` is the upper directory, whose file system says whether a failure means full.
     fn check_writable(&mut self, dir: &Path, upper: &Path) -> SysResult<()>;
+    /// The boot-time first-boot transaction on the writable partition mounted at `overlay`
+    /// (see [`crate::overlay::prepare`]).
+    fn prepare_overlay(
+        &mut self,
+        overlay: &Path,
+        want: &crate::overlay::Prepare,
+    ) -> SysResult<crate::overlay::Prepared>;
 }
 
 /// The name of the file [`Sys::check_writable`] creates and removes.

@@ -222,6 +222,19 @@ impl Sys for Real {
         Err(SysError::msg(what, format!("{status}: {tail}")))
     }
 
+    fn prepare_overlay(
+        &mut self,
+        overlay: &Path,
+        want: &crate::overlay::Prepare,
+    ) -> SysResult<crate::overlay::Prepared> {
+        crate::overlay::prepare(overlay, want).map_err(|e| {
+            SysError::msg(
+                format!("first-boot record in {}", overlay.display()),
+                e.to_string(),
+            )
+        })
+    }
+
     fn mtd_erase(&mut self, dev: &Path) -> SysResult<EraseReport> {
         crate::mtd::erase_all(dev)
             .map_err(|(what, e)| SysError::new(format!("erase {}: {what}", dev.display()), e))

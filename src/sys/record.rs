@@ -104,6 +104,17 @@ impl Sys for Recorder {
             .unwrap_or_default();
         self.call(format!("run {}{r}", argv.join(" ")))
     }
+    fn prepare_overlay(
+        &mut self,
+        overlay: &Path,
+        _want: &crate::overlay::Prepare,
+    ) -> SysResult<crate::overlay::Prepared> {
+        self.call(format!("prepare {}", overlay.display()))?;
+        Ok(crate::overlay::Prepared {
+            first_boot: Some(crate::overlay::FirstBoot::Ready),
+            ..Default::default()
+        })
+    }
     fn mtd_erase(&mut self, dev: &Path) -> SysResult<EraseReport> {
         self.call(format!("erase {}", dev.display()))?;
         Ok(EraseReport {
