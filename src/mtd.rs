@@ -176,6 +176,25 @@ pub fn erase_all(dev: &Path) -> Result<EraseReport, (String, Errno)> {
     erase_blocks(&mut Device { file, info })
 }
 
+/// Writes ovl's reset mark: the first [`crate::probe::jffs2::WINDOW`] bytes of the partition
+/// programmed to zero. This is the first step of a reset of an unmounted JFFS2 and the only
+/// one that must come first: from the moment it is on the flash, preinit erases the partition
+/// before it mounts anything, so a cut during the erase that follows ([`erase_all`], block 0
+/// last) is finished by the next boot and no old node is mounted again. NOR programs by
+/// clearing bits, so zero is the one value that can be written over any content.
+pub fn write_reset_mark(dev: &Path) -> Result<(), (String, Errno)> {
+    use std::os::unix::fs::FileExt;
+    let errno = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dev)
+        .map_err(|e| ("open".to_string(), errno(e)))?;
+    let zeros = [0u8; crate::probe::jffs2::WINDOW];
+    file.write_all_at(&zeros, 0)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| ("write the reset mark at 0".to_string(), errno(e)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

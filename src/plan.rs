@@ -360,7 +360,7 @@ fn persistent_upper(input: &PlanInput, data: &DataFound) -> Result<Upper, String
         ("jffs2", Content::Jffs2) | ("ext4", Content::Ext4 { .. }) => "mount",
         // JFFS2 formats erased flash itself as it writes.
         ("jffs2", Content::Erased) => "mount",
-        ("jffs2", Content::Marker) => {
+        ("jffs2", Content::Marker | Content::ResetMark) => {
             let DataKind::Mtd { char_dev, .. } = &data.kind else {
                 return Err(format!("{dev} holds the reset marker but is not MTD flash"));
             };
@@ -371,7 +371,7 @@ fn persistent_upper(input: &PlanInput, data: &DataFound) -> Result<Upper, String
             });
             "erase"
         }
-        ("ext4", c) if blank_allowed(c, input.format) => {
+        ("ext4", c) if *c == Content::ResetMark || blank_allowed(c, input.format) => {
             steps.push(Step::Format {
                 device: dev.clone(),
                 mkfs: input.mkfs.clone(),

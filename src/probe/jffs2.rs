@@ -142,6 +142,19 @@ impl Census {
     }
 }
 
+/// ovl's reset mark on MTD: the first [`WINDOW`] bytes of block 0 programmed to zero (the one
+/// value NOR can be given over any content without an erase), the other blocks JFFS2 or
+/// erased with no more damage than a cut leaves. JFFS2 never begins a block with zeroes: a
+/// block starts with a node or the clean marker, or is erased. A block of zeroes is not a
+/// mark: past the zeroed 1 KiB a marked block still holds its old nodes, or 0xFF.
+pub fn is_reset_mark(head: &[u8], c: &Census) -> bool {
+    let zeroed = head.len() > WINDOW
+        && head.iter().take(WINDOW).all(|&b| b == 0)
+        && head.iter().skip(WINDOW).any(|&b| b != 0);
+    let others = c.other.saturating_sub(1);
+    zeroed && c.first_other == Some(0) && others <= MAX_FOREIGN && c.jffs2 + c.erased > others
+}
+
 /// Reads the first [`WINDOW`] bytes of every erase block of `dev` (`size` bytes, blocks of
 /// `erasesize`) and counts them. 48 MiB of 256 KiB blocks is 191 reads of 1 KiB: block 0 is
 /// judged from `head`, the start of the partition already read (up to 4 KiB: what is foreign
@@ -181,6 +194,30 @@ pub fn census(dev: &Path, size: u64, erasesize: u32, head: &[u8]) -> Result<Cens
 #[cfg(test)]
 pub mod tests {
     use super::*;
+
+    #[test]
+    fn the_reset_mark_is_a_zeroed_start_before_jffs2_or_erased_blocks() {
+        let mut head = vec![0xffu8; 4096];
+        head[..WINDOW].fill(0);
+        let census = |jffs2, erased, other| Census {
+            jffs2,
+            erased,
+            other,
+            first_other: Some(0),
+        };
+        assert!(is_reset_mark(&head, &census(10, 5, 1)));
+        // The last step of the erase: block 0 is all that is left.
+        assert!(is_reset_mark(&head, &census(0, 15, 1)));
+        // A cut during an erase leaves a damaged block or two more.
+        assert!(is_reset_mark(&head, &census(3, 10, 3)));
+        assert!(!is_reset_mark(&head, &census(3, 10, 4)));
+        assert!(!is_reset_mark(&head, &census(0, 0, 16)));
+        let zeroes = vec![0u8; 4096];
+        assert!(!is_reset_mark(&zeroes, &census(0, 15, 1)));
+        let mut late = head.clone();
+        late[3] = 1;
+        assert!(!is_reset_mark(&late, &census(10, 5, 1)));
+    }
 
     const BLOCK: u64 = 0x40000;
 

@@ -28,6 +28,9 @@ pub const BLANK_WINDOW: usize = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Content {
     Marker,
+    /// ovl's own reset request: [`BLOCK_RESET_MARK`] at offset 0 of a block partition, or on
+    /// MTD a JFFS2 whose first [`super::jffs2::WINDOW`] bytes ovl has programmed to zero.
+    ResetMark,
     Squashfs { bytes_used: u64 },
     Jffs2,
     Ubifs,
@@ -49,6 +52,7 @@ impl Content {
     pub fn name(&self) -> &'static str {
         match self {
             Content::Marker => "marker",
+            Content::ResetMark => "reset-mark",
             Content::Squashfs { .. } => "squashfs",
             Content::Jffs2 => "jffs2",
             Content::Ubifs => "ubifs",
@@ -68,6 +72,10 @@ impl Content {
 }
 
 pub const DEADCODE: [u8; 4] = [0xde, 0xad, 0xc0, 0xde];
+/// What `ovlctl reset` writes at offset 0 of an unmounted ext4 partition: the flash marker
+/// followed by ovl's name, so that no other tool's marker is taken for a reset request. The
+/// superblock at 1 KiB stays until the next boot formats the partition.
+pub const BLOCK_RESET_MARK: [u8; 16] = *b"\xde\xad\xc0\xdeovl-reset\0\0\0";
 const SQUASHFS: [u8; 4] = *b"hsqs";
 const UBIFS: [u8; 4] = 0x0610_1831u32.to_le_bytes();
 const GZIP: [u8; 2] = [0x1f, 0x8b];
@@ -90,6 +98,9 @@ fn at<const N: usize>(buf: &[u8], off: usize) -> Option<[u8; N]> {
 pub fn identify(buf: &[u8]) -> Content {
     if buf.is_empty() {
         return Content::Unknown;
+    }
+    if at::<16>(buf, 0) == Some(BLOCK_RESET_MARK) {
+        return Content::ResetMark;
     }
     if at::<4>(buf, 0) == Some(DEADCODE) {
         return Content::Marker;
@@ -193,6 +204,8 @@ mod tests {
     #[test]
     fn every_magic() {
         assert_eq!(identify(&buf_with(0, &DEADCODE)), Content::Marker);
+        assert_eq!(identify(&buf_with(0, &BLOCK_RESET_MARK)), Content::ResetMark);
+        assert_eq!(identify(&buf_with(0, &BLOCK_RESET_MARK[..12])), Content::Marker);
         let mut sq = buf_with(0, b"hsqs");
         sq[40..48].copy_from_slice(&123_456u64.to_le_bytes());
         assert_eq!(

@@ -317,12 +317,15 @@ fn identify_data(hit: &Hit, src: &Sources) -> Result<DataFound, String> {
 /// may have begun in any block, and foreign blocks among its own must stop a mount, which
 /// would erase them. A foreign first block keeps its name (ubifs, gzip, zeroes) when the
 /// partition is not JFFS2.
-fn mtd_content(dev: &Path, head: &[u8], m: &mtd::MtdPart) -> Result<Content, String> {
+pub fn mtd_content(dev: &Path, head: &[u8], m: &mtd::MtdPart) -> Result<Content, String> {
     let first = identify(head);
-    if first == Content::Marker {
+    if matches!(first, Content::Marker | Content::ResetMark) {
         return Ok(first);
     }
     let c = jffs2::census(dev, m.size, m.erasesize, head)?;
+    if jffs2::is_reset_mark(head, &c) {
+        return Ok(Content::ResetMark);
+    }
     let verdict = c.verdict();
     if verdict == Content::Unknown {
         log::info!(
@@ -343,7 +346,7 @@ fn mtd_content(dev: &Path, head: &[u8], m: &mtd::MtdPart) -> Result<Content, Str
 
 /// What a block partition holds: a blank-looking head is read on to [`magic::BLANK_WINDOW`],
 /// since other file systems keep their superblocks beyond 4 KiB (btrfs, ISO9660).
-fn block_content(dev: &Path, head: &[u8]) -> Result<Content, String> {
+pub fn block_content(dev: &Path, head: &[u8]) -> Result<Content, String> {
     match identify(head) {
         Content::Erased | Content::Zeroes => {
             let window = read_head(dev, magic::BLANK_WINDOW)
