@@ -128,8 +128,8 @@ build_board() {
     install -m 755 "$HERE/rom/init" "$rom/sbin/init"
     install -m 644 "$HERE/rom/profile" "$rom/etc/profile"
     install -m 644 "$REPO/board/$BOARD.json" "$rom/etc/ovl/board.json"
-    mkdir -p "$rom/etc/firstboot"
-    find "$REPO/firstboot" -maxdepth 1 -type f ! -name '*.md' -exec cp {} "$rom/etc/firstboot/" \;
+    mkdir -p "$rom/etc/firstboot.d"
+    find "$REPO/firstboot" -maxdepth 1 -type f ! -name '*.md' -exec cp {} "$rom/etc/firstboot.d/" \;
     echo "ovl $BOARD" > "$rom/etc/banner"
     printf 'root:x:0:0:root:/root:/bin/sh\n' > "$rom/etc/passwd"
     printf 'root:x:0:\n' > "$rom/etc/group"

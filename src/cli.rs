@@ -31,11 +31,55 @@ pub enum Command {
     /// Boot: mount the ROM and the writable partition, stack the overlay, switch into it and
     /// exec init. This is what runs as /init or PID 1; the flags let it run in a test.
     Preinit(PreinitArgs),
+    /// Factory reset: back to the ROM's state. Also what the binary does when called
+    /// `factoryreset`, `jffs2reset` or `firstboot` (OpenWrt's names for it).
+    Reset(ResetArgs),
+    /// Run the run-once scripts in /etc/firstboot.d and complete the first boot (what the
+    /// ROM's init calls late in every boot). Not a reset: called `firstboot` as argv[0] the
+    /// binary resets, as OpenWrt's firstboot does.
+    Firstboot {
+        /// The scripts' directory.
+        #[arg(long, value_name = "DIR", default_value = crate::firstboot::SCRIPT_DIR)]
+        dir: PathBuf,
+        /// Where the writable partition is mounted.
+        #[arg(long, value_name = "DIR", default_value = "/overlay")]
+        overlay: PathBuf,
+        /// Read this state file instead of /run/ovl/state.json.
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
+    },
     /// Check a board file and print what it says, or the first error with the key it is about.
     CheckBoard {
         /// The board file.
         file: PathBuf,
     },
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ResetArgs {
+    /// Do not ask for confirmation (without a terminal, reset refuses unless given this).
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    /// Sync and reboot when done.
+    #[arg(short = 'r', long)]
+    pub reboot: bool,
+    /// Keep a waiting upgrade backup (/overlay/sysupgrade.tgz).
+    #[arg(short = 'k', long)]
+    pub keep: bool,
+    /// Where the writable partition (or the tmpfs upper) is mounted.
+    #[arg(long, value_name = "DIR", default_value = "/overlay")]
+    pub overlay: PathBuf,
+    /// Read this state file instead of /run/ovl/state.json.
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+}
+
+/// The reset under OpenWrt's names (`firstboot -y -r`, `factoryreset`, `jffs2reset`).
+#[derive(Parser, Debug)]
+#[command(about = "Factory reset: back to the ROM's state (ovlctl reset)")]
+pub struct ResetAlias {
+    #[command(flatten)]
+    pub args: ResetArgs,
 }
 
 #[derive(clap::Args, Debug)]

@@ -41,6 +41,23 @@ fn last_words(info: &std::panic::PanicHookInfo) {
     }
 }
 
+fn reset(a: ovl::cli::ResetArgs) -> ExitCode {
+    let o = ovl::reset::Opts {
+        yes: a.yes,
+        reboot: a.reboot,
+        keep: a.keep,
+        state: a.state,
+        overlay: a.overlay,
+    };
+    match ovl::reset::run(&o) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ovlctl: reset: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let argv0 = std::env::args_os().next().unwrap_or_default();
     let name = Path::new(&argv0)
@@ -69,6 +86,11 @@ fn main() -> ExitCode {
             pid1,
             ..Options::default()
         });
+    }
+    if matches!(name.as_str(), "factoryreset" | "jffs2reset" | "firstboot") {
+        ovl::klog::init("ovlctl");
+        let a = ovl::cli::ResetAlias::parse();
+        return reset(a.args);
     }
     let cli = Cli::parse();
     match cli.command {
@@ -117,6 +139,30 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("ovlctl: status: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Reset(a) => {
+            ovl::klog::init("ovlctl");
+            reset(a)
+        }
+        Command::Firstboot {
+            dir,
+            overlay,
+            state,
+        } => {
+            ovl::klog::init("ovlctl");
+            let o = ovl::firstboot::Opts {
+                dir,
+                overlay,
+                state,
+            };
+            match ovl::firstboot::run(&o) {
+                Ok(s) if s.failed.is_empty() => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("ovlctl: firstboot: {e:#}");
                     ExitCode::from(2)
                 }
             }

@@ -63,6 +63,26 @@ pub fn top<'a>(mounts: &'a [MountInfo], point: &str) -> Option<&'a MountInfo> {
 struct DevJson<'a> {
     device: Option<&'a str>,
     fstype: Option<&'a str>,
+    /// The ROM's identity, which the overlay's record is checked against.
+    id: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+struct FirstBootJson<'a> {
+    /// pending or ready, read from the overlay's record now; null off a persistent overlay.
+    state: Option<&'a str>,
+    /// Why preinit emptied the upper this boot: pending, reset, stale; null when it did not.
+    cleared_at_boot: Option<&'a str>,
+    /// The ROM the overlay had been made for, when another one booted over it.
+    stale_from: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+struct WaitingJson {
+    /// The writable partition carries a reset mark: the next boot erases or formats it.
+    reset: bool,
+    /// An upgrade backup waits beside the upper.
+    upgrade: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -134,6 +154,8 @@ struct StatusJson<'a> {
     data: DataJson<'a>,
     upper: UpperJson<'a>,
     root: RootJson<'a>,
+    first_boot: FirstBootJson<'a>,
+    waiting: WaitingJson,
     init: &'a str,
     modules_loaded: u32,
     modules_failed: &'a [crate::board::Text<32>],
@@ -147,6 +169,12 @@ pub struct Status {
     pub mounts: Vec<MountInfo>,
     /// statvfs of /overlay.
     pub overlay_space: Option<Space>,
+    /// The first-boot record in /overlay, read now (persistent overlays only).
+    pub first_boot: Option<crate::overlay::FirstBoot>,
+    /// The writable partition, not mounted, carries a reset mark.
+    pub reset_waiting: bool,
+    /// An upgrade backup waits in /overlay.
+    pub upgrade_waiting: bool,
 }
 
 impl Status {
@@ -179,6 +207,7 @@ impl Status {
             rom: DevJson {
                 device: s.rom.as_deref(),
                 fstype: rom.map(|m| m.fstype.as_str()).or(Some("squashfs")),
+                id: s.rom_id.as_deref(),
             },
             data: DataJson {
                 device: s.data.as_deref(),
@@ -200,6 +229,15 @@ impl Status {
                 fstype: root.map(|m| m.fstype.as_str()),
                 source: root.map(|m| m.source.as_str()),
                 read_only: root.is_some_and(|m| m.options.split(',').any(|o| o == "ro")),
+            },
+            first_boot: FirstBootJson {
+                state: self.first_boot.map(|f| f.name()),
+                cleared_at_boot: s.cleared.as_deref(),
+                stale_from: s.stale_from.as_deref(),
+            },
+            waiting: WaitingJson {
+                reset: self.reset_waiting,
+                upgrade: self.upgrade_waiting,
             },
             init: &s.init,
             modules_loaded: s.modules_loaded,
@@ -240,7 +278,11 @@ impl Status {
         );
         line(
             "rom:",
-            format!("{} (squashfs) at /rom", v.rom.device.unwrap_or("?")),
+            format!(
+                "{} (squashfs) at /rom{}",
+                v.rom.device.unwrap_or("?"),
+                v.rom.id.map(|i| format!(", id {i}")).unwrap_or_default()
+            ),
         );
         if let Some(d) = v.data.device {
             line(
@@ -294,6 +336,30 @@ impl Status {
             }
         } else {
             line("upper:", "/overlay is not mounted".to_string());
+        }
+        if let Some(f) = v.first_boot.state {
+            let mut t = match f {
+                "pending" => "pending: `ovlctl firstboot` has not completed; the next boot \
+                              empties the overlay again"
+                    .to_string(),
+                _ => "ready".to_string(),
+            };
+            if let Some(c) = v.first_boot.cleared_at_boot {
+                t.push_str(&format!(" (emptied at boot: {c})"));
+            }
+            line("first:", t);
+        }
+        if let Some(w) = v.first_boot.stale_from {
+            line("stale:", format!("the overlay had been made for ROM {w}"));
+        }
+        if v.waiting.reset {
+            line(
+                "waiting:",
+                "a reset: the next boot erases or formats the writable partition".into(),
+            );
+        }
+        if v.waiting.upgrade {
+            line("waiting:", "an upgrade backup in /overlay".into());
         }
         for n in v.notes {
             line("note:", n.to_string());
@@ -364,10 +430,30 @@ pub fn gather(state_path: Option<&Path>) -> anyhow::Result<Status> {
         }
     });
     let overlay_space = top(&mounts, "/overlay").and(overlay_space);
+    let overlay = Path::new("/overlay");
+    let first_boot = if state.mode.as_str() == "persistent" {
+        crate::overlay::read(overlay)
+            .ok()
+            .flatten()
+            .map(|r| r.first_boot)
+    } else {
+        None
+    };
+    let reset_waiting = state.mode.as_str() != "persistent"
+        && state.data.as_deref().is_some_and(|d| {
+            matches!(
+                crate::probe::read_head(Path::new(d), crate::probe::magic::PROBE_BYTES)
+                    .map(|h| crate::probe::magic::identify(&h)),
+                Ok(crate::probe::magic::Content::ResetMark | crate::probe::magic::Content::Marker)
+            ) || crate::reset::mtd_marked(Path::new(d))
+        });
     Ok(Status {
         state,
         mounts,
         overlay_space,
+        first_boot,
+        reset_waiting,
+        upgrade_waiting: crate::overlay::upgrade_waiting(overlay),
     })
 }
 
@@ -408,6 +494,9 @@ mod tests {
                 inodes: 0,
                 free_inodes: 0,
             }),
+            first_boot: Some(crate::overlay::FirstBoot::Ready),
+            reset_waiting: false,
+            upgrade_waiting: false,
         }
     }
 

@@ -31,11 +31,15 @@ pub enum Content {
     /// ovl's own reset request: [`BLOCK_RESET_MARK`] at offset 0 of a block partition, or on
     /// MTD a JFFS2 whose first [`super::jffs2::WINDOW`] bytes ovl has programmed to zero.
     ResetMark,
-    Squashfs { bytes_used: u64 },
+    Squashfs {
+        bytes_used: u64,
+    },
     Jffs2,
     Ubifs,
     Gzip,
-    Ext4 { label: String },
+    Ext4 {
+        label: String,
+    },
     F2fs,
     Btrfs,
     Iso9660,
@@ -204,8 +208,14 @@ mod tests {
     #[test]
     fn every_magic() {
         assert_eq!(identify(&buf_with(0, &DEADCODE)), Content::Marker);
-        assert_eq!(identify(&buf_with(0, &BLOCK_RESET_MARK)), Content::ResetMark);
-        assert_eq!(identify(&buf_with(0, &BLOCK_RESET_MARK[..12])), Content::Marker);
+        assert_eq!(
+            identify(&buf_with(0, &BLOCK_RESET_MARK)),
+            Content::ResetMark
+        );
+        assert_eq!(
+            identify(&buf_with(0, &BLOCK_RESET_MARK[..12])),
+            Content::Marker
+        );
         let mut sq = buf_with(0, b"hsqs");
         sq[40..48].copy_from_slice(&123_456u64.to_le_bytes());
         assert_eq!(

@@ -1,0 +1,129 @@
+//! `ovlctl firstboot`: the run-once scripts, then the end of the first-boot transaction.
+//!
+//! The scripts live in [`SCRIPT_DIR`] (OpenWrt's `/etc/uci-defaults`); images ship them in the
+//! ROM from the repository's `firstboot/`. Each runs with `/bin/sh`, in name order (bytewise,
+//! as `ls` in the C locale), its output logged line by line with its name. One that exits 0 is
+//! removed (from the ROM's view: overlayfs keeps a whiteout in the upper); one that fails stays
+//! and runs again on the next boot. When all have run, a pending overlay is set ready: from
+//! then on boots use it as it is. A cut before that leaves it pending, and the next boot
+//! empties the upper and runs every script again from a clean start, so a half-done first
+//! boot never stays (OpenWrt re-extracts its backup over the scripts' work instead).
+//!
+//! A script that fails does not keep the overlay pending: pending means "empty it at the next
+//! boot", and one broken script must not wipe the device at every boot.
+
+use anyhow::{Context, Result};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+pub const SCRIPT_DIR: &str = "/etc/firstboot.d";
+
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub dir: PathBuf,
+    pub overlay: PathBuf,
+    /// The state file; the overlay is set ready only on a persistent boot.
+    pub state: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub ran: Vec<String>,
+    pub failed: Vec<String>,
+    /// The overlay's record went from pending to ready.
+    pub completed: bool,
+}
+
+/// Writes a line to the console (stdout) and to the kernel log.
+fn say(kmsg: &mut Option<std::fs::File>, prio: u8, line: &str) {
+    println!("{line}");
+    if let Some(k) = kmsg {
+        let _ = k.write_all(format!("<{prio}>ovlctl firstboot: {line}\n").as_bytes());
+    }
+}
+
+pub fn scripts(dir: &Path) -> Result<Vec<PathBuf>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut v: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(it) => it
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()))
+            .map(|e| e.path())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
+    };
+    v.sort_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
+    Ok(v)
+}
+
+/// Runs one script with its stdout and stderr on one pipe; returns its exit code.
+fn run_script(path: &Path, name: &str, kmsg: &mut Option<std::fs::File>) -> Result<i32> {
+    let (mut r, w) = std::io::pipe().context("pipe")?;
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg(path)
+        .stdin(std::process::Stdio::null())
+        .stdout(w.try_clone().context("pipe")?)
+        .stderr(w);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("run /bin/sh {}", path.display()))?;
+    // The parent's copies of the write end go with the Command, or the read never ends.
+    drop(cmd);
+    let mut out = Vec::new();
+    let _ = r.read_to_end(&mut out);
+    let status = child.wait().with_context(|| format!("wait for {name}"))?;
+    for line in String::from_utf8_lossy(&out).lines() {
+        say(kmsg, 6, &format!("{name}: {line}"));
+    }
+    Ok(status.code().unwrap_or(128))
+}
+
+pub fn run(o: &Opts) -> Result<Summary> {
+    let mut kmsg = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/kmsg")
+        .ok();
+    let mut sum = Summary::default();
+    for path in scripts(&o.dir)? {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let code = match run_script(&path, &name, &mut kmsg) {
+            Ok(c) => c,
+            Err(e) => {
+                say(&mut kmsg, 3, &format!("{name}: {e:#}"));
+                127
+            }
+        };
+        if code == 0 {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("remove {} after it ran", path.display()))?;
+            say(&mut kmsg, 6, &format!("{name}: done, removed"));
+            sum.ran.push(name);
+        } else {
+            say(
+                &mut kmsg,
+                4,
+                &format!("{name}: exited {code}; kept, to run again on the next boot"),
+            );
+            sum.failed.push(name);
+        }
+    }
+    let persistent = crate::status::gather(o.state.as_deref())
+        .map(|s| s.state.mode.as_str() == "persistent")
+        .unwrap_or(false);
+    if persistent {
+        if let Some(rec) = crate::overlay::read(&o.overlay)? {
+            if rec.first_boot == crate::overlay::FirstBoot::Pending {
+                // What the scripts wrote must be on the flash before the record says ready.
+                nix::unistd::sync();
+                crate::overlay::set_ready(&o.overlay)?;
+                sum.completed = true;
+                say(&mut kmsg, 6, "first boot complete: the overlay is ready");
+            }
+        }
+    }
+    Ok(sum)
+}

@@ -1,0 +1,349 @@
+//! `ovlctl reset` (and `factoryreset`, `jffs2reset`, `firstboot` as argv[0]): back to the
+//! ROM's state.
+//!
+//! Overlay mounted (a persistent boot): the record is set pending first, then the upper is
+//! emptied ([`crate::overlay::clear_dir`]). A cut at any point leaves the record pending, and
+//! the next boot empties the upper again before stacking it: nothing of the old state comes
+//! back. Overlay not mounted (tmpfs fallback, failsafe): this boot's tmpfs upper is emptied,
+//! and the writable partition, re-identified now, is
+//! - JFFS2 (or already marked): marked ([`crate::mtd::write_reset_mark`]) and erased through
+//!   the MTD layer, block 0 last, blocks already erased skipped; a cut leaves the mark, and
+//!   preinit finishes the erase before it mounts anything;
+//! - ext4: given [`crate::probe::magic::BLOCK_RESET_MARK`]; the next boot formats it;
+//! - anything else: left byte for byte as it is, and the reset says so.
+
+use crate::overlay::{self, FirstBoot, Record};
+use crate::probe::magic::{self, Content};
+use crate::status::{self, MountInfo};
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Debug, Clone, Default)]
+pub struct Opts {
+    pub yes: bool,
+    pub reboot: bool,
+    pub keep: bool,
+    pub state: Option<PathBuf>,
+    pub overlay: PathBuf,
+}
+
+/// What will be done to the writable partition when it is not mounted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Partition {
+    /// Mounted as the overlay: emptied through the file system.
+    Mounted,
+    EraseMtd {
+        char_dev: PathBuf,
+        content: Content,
+    },
+    MarkBlock {
+        dev: PathBuf,
+    },
+    /// Nothing to do, and why (already erased, already marked).
+    Nothing(String),
+    /// Cannot be reset, and why (not found, foreign, unreadable).
+    CannotReach(String),
+}
+
+/// The MTD partition behind /dev/mtdblockN, from /proc/mtd.
+fn mtd_part(dev: &Path) -> Option<crate::probe::mtd::MtdPart> {
+    let index: u32 = dev.to_str()?.strip_prefix("/dev/mtdblock")?.parse().ok()?;
+    let text = std::fs::read_to_string("/proc/mtd").ok()?;
+    crate::probe::mtd::parse_proc_mtd(&text)
+        .into_iter()
+        .find(|p| p.index == index)
+}
+
+/// Whether an unmounted MTD partition (named by its block device) carries a reset marker.
+pub fn mtd_marked(dev: &Path) -> bool {
+    let Some(part) = mtd_part(dev) else {
+        return false;
+    };
+    let char_dev = PathBuf::from(part.char_dev());
+    crate::probe::read_head(&char_dev, magic::PROBE_BYTES)
+        .ok()
+        .and_then(|h| crate::probe::mtd_content(&char_dev, &h, &part).ok())
+        .is_some_and(|c| matches!(c, Content::Marker | Content::ResetMark))
+}
+
+fn classify(dev: &Path, mounts: &[MountInfo]) -> Partition {
+    let name = dev.display();
+    if let Some(part) = mtd_part(dev) {
+        let char_dev = PathBuf::from(part.char_dev());
+        let content = crate::probe::read_head(&char_dev, magic::PROBE_BYTES)
+            .map_err(|e| format!("read {}: {e}", char_dev.display()))
+            .and_then(|h| crate::probe::mtd_content(&char_dev, &h, &part));
+        return match content {
+            Ok(c @ (Content::Jffs2 | Content::Marker | Content::ResetMark)) => {
+                Partition::EraseMtd {
+                    char_dev,
+                    content: c,
+                }
+            }
+            Ok(Content::Erased) => Partition::Nothing(format!("{name} is erased already")),
+            Ok(c) => Partition::CannotReach(format!(
+                "{name} holds {}, which ovl did not write: left untouched",
+                c.name()
+            )),
+            Err(e) => Partition::CannotReach(e),
+        };
+    }
+    if let Some(m) = mounts.iter().find(|m| Path::new(&m.source) == dev) {
+        return Partition::CannotReach(format!(
+            "{name} is mounted on {}: unmount it first",
+            m.mount_point
+        ));
+    }
+    let content = crate::probe::read_head(dev, magic::PROBE_BYTES)
+        .map_err(|e| format!("read {name}: {e}"))
+        .and_then(|h| crate::probe::block_content(dev, &h));
+    match content {
+        Ok(Content::Ext4 { .. }) => Partition::MarkBlock {
+            dev: dev.to_path_buf(),
+        },
+        Ok(Content::ResetMark) => Partition::Nothing(format!(
+            "{name} is marked for reset already: the next boot formats it"
+        )),
+        Ok(c @ (Content::Erased | Content::Zeroes | Content::Marker)) => {
+            Partition::Nothing(format!(
+                "{name} is blank ({}): nothing of the old state is on it",
+                c.name()
+            ))
+        }
+        Ok(c) => Partition::CannotReach(format!(
+            "{name} holds {}, which ovl did not write: left untouched",
+            c.name()
+        )),
+        Err(e) => Partition::CannotReach(e),
+    }
+}
+
+/// Says what the reset will do, asks unless `-y`, and does it.
+pub fn run(o: &Opts) -> Result<()> {
+    let st = status::gather(o.state.as_deref())?;
+    let state = &st.state;
+    let ovl_dir = &o.overlay;
+    let upper = ovl_dir.join("upper");
+    let ovl_name = ovl_dir.display().to_string();
+    let overlay_mount = status::top(&st.mounts, &ovl_name);
+    if overlay_mount.is_none() || !upper.is_dir() {
+        bail!(
+            "{} is not mounted or has no upper directory: is this system booted by ovl preinit?",
+            ovl_dir.display()
+        );
+    }
+    let persistent = state.mode.as_str() == "persistent";
+    // Failsafe did not look for the partition at boot: look now, as preinit would. The
+    // system double stays alive so that a loop device it attached stays attached.
+    let mut sys = crate::sys::real::Real::new(PathBuf::from("/dev"));
+    let found = if state.data.is_none() && !persistent {
+        find_data(&mut sys)
+    } else {
+        Ok(None)
+    };
+    let data = state
+        .data
+        .as_deref()
+        .map(PathBuf::from)
+        .or_else(|| found.as_ref().ok().cloned().flatten());
+    let partition = match (&data, persistent) {
+        (_, true) => Partition::Mounted,
+        (Some(d), false) => classify(d, &st.mounts),
+        (None, false) => Partition::CannotReach(match found {
+            Err(e) => format!("none found now: {e}"),
+            Ok(_) => "no writable partition was found at boot: there is none to reset".into(),
+        }),
+    };
+
+    let mut lines = Vec::new();
+    if persistent {
+        lines.push(format!(
+            "Deletes every change in the overlay on {} ({}): all settings and files written since \
+             the ROM was installed.",
+            data.as_deref()
+                .map_or("?".into(), |d| d.display().to_string()),
+            state.data_fstype.as_deref().unwrap_or("?"),
+        ));
+        if overlay::upgrade_waiting(ovl_dir) {
+            lines.push(if o.keep {
+                "The waiting upgrade backup is kept (-k).".into()
+            } else {
+                "The waiting upgrade backup is deleted too (-k keeps it).".into()
+            });
+        }
+    } else {
+        lines.push(format!(
+            "This boot runs on a {} overlay ({}). Its changes are deleted.",
+            state.mode.as_str(),
+            state.reason.as_deref().unwrap_or("no reason recorded")
+        ));
+        lines.push(match &partition {
+            Partition::EraseMtd { char_dev, content } => format!(
+                "The writable partition {} ({}, not mounted) is erased now through {}, every \
+                 block that is not erased already.",
+                data.as_deref()
+                    .map_or("?".into(), |d| d.display().to_string()),
+                content.name(),
+                char_dev.display()
+            ),
+            Partition::MarkBlock { dev } => format!(
+                "The writable partition {} (ext4, not mounted) is marked for reset: the next boot \
+                 formats it.",
+                dev.display()
+            ),
+            Partition::Nothing(why) => format!("The writable partition: {why}."),
+            Partition::CannotReach(why) => {
+                format!("The writable partition cannot be reset: {why}.")
+            }
+            Partition::Mounted => String::new(),
+        });
+        if o.keep {
+            lines.push("-k: an upgrade backup lives on the writable partition only when it is mounted; there is none to keep here.".into());
+        }
+    }
+    for l in &lines {
+        println!("{l}");
+    }
+    confirm(o.yes)?;
+
+    let t = Instant::now();
+    if persistent {
+        // Pending first: from here on a cut is finished by the next boot.
+        let mut rec = overlay::read(ovl_dir)?.unwrap_or_else(|| Record::pending(None));
+        rec.first_boot = FirstBoot::Pending;
+        overlay::write(ovl_dir, &rec)?;
+    }
+    let c = overlay::clear_dir(&upper)?;
+    if persistent && !o.keep {
+        let backup = ovl_dir.join(overlay::UPGRADE_BACKUP);
+        match std::fs::remove_file(&backup) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("remove {}", backup.display()))
+            }
+            _ => {}
+        }
+    }
+    overlay::sync_dir(&upper)?;
+    println!(
+        "removed {} entries from {} in {:.2} s{}",
+        c.removed,
+        upper.display(),
+        t.elapsed().as_secs_f64(),
+        if c.mounts_skipped > 0 {
+            format!("; {} mount points inside were left alone", c.mounts_skipped)
+        } else {
+            String::new()
+        }
+    );
+    // Unused dentries go, so files deleted from the ROM show again where nothing holds them.
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "2");
+
+    match &partition {
+        Partition::EraseMtd { char_dev, content } => {
+            let t = Instant::now();
+            if *content == Content::Jffs2 {
+                crate::mtd::write_reset_mark(char_dev)
+                    .map_err(|(w, e)| anyhow!("{}: {w}: {}", char_dev.display(), e.desc()))?;
+            }
+            println!("erasing {}", char_dev.display());
+            let r = crate::mtd::erase_all(char_dev)
+                .map_err(|(w, e)| anyhow!("erase {}: {w}: {}", char_dev.display(), e.desc()))?;
+            println!(
+                "erased {} blocks of {} in {:.2} s ({} were erased already, {} bad skipped)",
+                r.erased,
+                char_dev.display(),
+                t.elapsed().as_secs_f64(),
+                r.already_erased,
+                r.bad_blocks
+            );
+        }
+        Partition::MarkBlock { dev } => {
+            mark_block(dev)?;
+            println!("marked {}: the next boot formats it", dev.display());
+        }
+        Partition::CannotReach(why) => println!("not reset: {why}"),
+        Partition::Nothing(_) | Partition::Mounted => {}
+    }
+    nix::unistd::sync();
+    if persistent {
+        println!("reset done; the next boot starts from the ROM's state (first boot pending)");
+    }
+    if o.reboot {
+        println!("rebooting");
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT)
+            .map_err(|e| anyhow!("reboot: {}", e.desc()))?;
+    }
+    Ok(())
+}
+
+/// The writable partition as preinit would find it (command line, board, auto), without
+/// waiting: the devices had the whole boot to appear.
+fn find_data(sys: &mut dyn crate::sys::Sys) -> Result<Option<PathBuf>, String> {
+    use crate::board::Board;
+    let cmdline = crate::cmdline::Cmdline::parse(
+        &std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+    );
+    let board_path = format!("/{}", crate::preinit::DEFAULT_BOARD);
+    let board = if Path::new(&board_path).exists() {
+        Board::load(&board_path).map_err(|e| e.to_string())?
+    } else {
+        Board::default()
+    };
+    let cfg = crate::config::Config::resolve(&cmdline, &board, crate::plan::BootKind::Initramfs);
+    let src = crate::probe::Sources {
+        proc_dir: "/proc".into(),
+        sys_dir: "/sys".into(),
+        dev_dir: "/dev".into(),
+        make_nodes: false,
+    };
+    let mut last = Err("no selector".to_string());
+    for data in &cfg.data {
+        let found = crate::probe::find(
+            &crate::probe::Wanted {
+                rom: cfg.rom.first().map(|r| r.value.clone()),
+                data: Some(data.value.clone()),
+                timeout: std::time::Duration::ZERO,
+            },
+            &src,
+            sys,
+        );
+        match found.data {
+            Ok(d) => return Ok(Some(PathBuf::from(d.device))),
+            Err(e) => last = Err(e),
+        }
+    }
+    last
+}
+
+fn mark_block(dev: &Path) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dev)
+        .with_context(|| format!("open {}", dev.display()))?;
+    f.write_all_at(&magic::BLOCK_RESET_MARK, 0)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("write the reset mark on {}", dev.display()))
+}
+
+fn confirm(yes: bool) -> Result<()> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("not a terminal and no -y: refusing to guess; run `ovlctl reset -y` to reset");
+    }
+    eprint!("Type 'yes' to reset: ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .context("read the answer")?;
+    if answer.trim() != "yes" {
+        bail!("not confirmed: nothing was changed");
+    }
+    Ok(())
+}
