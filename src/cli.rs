@@ -72,6 +72,10 @@ pub struct ResetArgs {
     /// Read this state file instead of /run/ovl/state.json.
     #[arg(long, value_name = "FILE")]
     pub state: Option<PathBuf>,
+    /// The writable partition, when the overlay is not on it (failsafe, tmpfs); by default
+    /// the one preinit found, or in failsafe the one the command line and board name.
+    #[arg(long, value_name = "DEV")]
+    pub data: Option<PathBuf>,
 }
 
 /// The reset under OpenWrt's names (`firstboot -y -r`, `factoryreset`, `jffs2reset`).

@@ -48,6 +48,7 @@ fn reset(a: ovl::cli::ResetArgs) -> ExitCode {
         keep: a.keep,
         state: a.state,
         overlay: a.overlay,
+        data: a.data,
     };
     match ovl::reset::run(&o) {
         Ok(()) => ExitCode::SUCCESS,

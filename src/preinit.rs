@@ -164,7 +164,8 @@ pub fn run(opts: &Options, sys: &mut dyn Sys) -> i32 {
     }
     let mut rom_id = None;
     if let Ok(r) = &rom {
-        clock.state.rom = Some(fit(&r.device));
+        // As the device will be named after the switch, where ovlctl reads it.
+        clock.state.rom = Some(fit(&shown(&layout, &r.device)));
         // The identity the overlay is checked against; without it no overlay is called stale.
         match crate::overlay::rom_identity(Path::new(&r.device)) {
             Ok(id) => {
@@ -177,7 +178,7 @@ pub fn run(opts: &Options, sys: &mut dyn Sys) -> i32 {
         clock.state.rom = Some(fit("/"));
     }
     if let Ok(d) = &data {
-        clock.state.data = Some(fit(&d.device));
+        clock.state.data = Some(fit(&shown(&layout, &d.device)));
         clock.state.data_content = Some(fit(d.content.name()));
     }
     clock.lap("find");
@@ -203,6 +204,13 @@ pub fn run(opts: &Options, sys: &mut dyn Sys) -> i32 {
     // 6. The fallback ladder, then 7. publish and exec.
     let outcome = ladder(sys, &input, &cfg, &mut clock);
     finish(sys, &layout, &mut clock, outcome, &cfg.init.value, opts)
+}
+
+/// A device path as the system will see it after the switch (`<target>/dev/x` is `/dev/x`).
+fn shown(layout: &Layout, dev: &str) -> String {
+    plan::after_switch(layout, Path::new(dev))
+        .display()
+        .to_string()
 }
 
 /// How the ladder ended.

@@ -27,6 +27,7 @@ pub struct Opts {
     pub keep: bool,
     pub state: Option<PathBuf>,
     pub overlay: PathBuf,
+    pub data: Option<PathBuf>,
 }
 
 /// What will be done to the writable partition when it is not mounted.
@@ -138,15 +139,17 @@ pub fn run(o: &Opts) -> Result<()> {
     // Failsafe did not look for the partition at boot: look now, as preinit would. The
     // system double stays alive so that a loop device it attached stays attached.
     let mut sys = crate::sys::real::Real::new(PathBuf::from("/dev"));
-    let found = if state.data.is_none() && !persistent {
+    let found = if o.data.is_some() {
+        Ok(o.data.clone())
+    } else if state.data.is_none() && !persistent {
         find_data(&mut sys)
     } else {
         Ok(None)
     };
-    let data = state
+    let data = o
         .data
-        .as_deref()
-        .map(PathBuf::from)
+        .clone()
+        .or_else(|| state.data.as_deref().map(PathBuf::from))
         .or_else(|| found.as_ref().ok().cloned().flatten());
     let partition = match (&data, persistent) {
         (_, true) => Partition::Mounted,

@@ -104,7 +104,7 @@ fn rom_image() -> PathBuf {
         std::fs::copy(&busybox, tree.join("bin/busybox")).unwrap();
         for applet in [
             "sh", "cat", "echo", "ls", "rm", "mkdir", "sync", "touch", "test", "grep", "mv",
-            "sleep", "rmdir", "dd", "df",
+            "sleep", "rmdir", "dd", "df", "ln", "mount", "umount", "printf", "readlink",
         ] {
             std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet)).unwrap();
         }
@@ -834,9 +834,12 @@ fn privileged_rootfs_boot_pivots_and_keeps_the_rom_at_rom() {
 fn full_upper_still_boots_writable(s: &Scenario, data: &Path, fill: &str) {
     let (rom, d) = (rom_loop(), Loop::new(data, 0, None));
     let cmdline = format!("ovl.rom={} ovl.data={} ovl.timeout=0.3", rom.0, d.0);
+    // The first boot completes before the fill: a first boot that cannot complete (no inode
+    // left for the record) is redone from empty by design.
+    let fill = format!("ovlctl firstboot >/dev/null; {fill}");
     let first = s.boot(Boot {
         cmdline: cmdline.clone(),
-        action: fill,
+        action: &fill,
         ..Boot::default()
     });
     assert_eq!(first.status()["mode"], "persistent");
@@ -966,4 +969,250 @@ fn privileged_blank_head_with_a_superblock_further_in_is_left_untouched() {
         None,
         "holds unknown, not ext4; left untouched",
     );
+}
+
+/// Plants what a factory reset must get rid of, and what it must not touch.
+const PLANT: &str = r#"
+mkdir -p /root/.ssh && echo key > /root/.ssh/authorized_keys
+echo dot > /root/.profile
+printf x > "/root/with space"; printf x > "/root/new
+line"; printf x > /root/-rf; mkdir /root/--dir
+printf x > /root/$(printf '%0255d' 0)
+d=/root/deep; i=0; while [ $i -lt 60 ]; do d=$d/$i; i=$((i+1)); done; mkdir -p $d && echo bottom > $d/f
+rm /etc/rom-file; rm -r /etc/rom-dir; mkdir /etc/rom-dir; echo opaque > /etc/rom-dir/new
+mkdir -p /run/outside && echo keep > /run/outside/keep && ln -s /run/outside /root/link-out
+ln -s /run/outside/keep /root/file-link-out
+mkdir -p /run/bindsrc && echo bound > /run/bindsrc/f && mkdir /root/bindmnt
+mount --bind /run/bindsrc /overlay/upper/root/bindmnt
+"#;
+
+#[test]
+fn privileged_reset_of_a_mounted_overlay_empties_the_upper_and_nothing_else() {
+    let s = Scenario::new();
+    let data = s.ext4("data.img", 32);
+    let (rom, d) = (rom_loop(), Loop::new(&data, 0, None));
+    let cmdline = format!("ovl.rom={} ovl.data={}", rom.0, d.0);
+    // The first boot: pending until `ovlctl firstboot` completes it. A failing script stays.
+    let first = s.boot(Boot {
+        cmdline: cmdline.clone(),
+        action: "mkdir -p /etc/firstboot.d && echo 'echo ran-ok; exit 0' > /etc/firstboot.d/10-ok \
+                 && echo 'echo broken >&2; exit 3' > /etc/firstboot.d/20-fails \
+                 && ovlctl firstboot; echo FB-EXIT:$?; ls /etc/firstboot.d; ovlctl status --json",
+        ..Boot::default()
+    });
+    assert_eq!(first.status()["first_boot"]["state"], "pending");
+    assert_eq!(first.status()["first_boot"]["cleared_at_boot"], "pending");
+    let a = first.action();
+    assert!(
+        a.contains("10-ok: ran-ok") && a.contains("20-fails: broken"),
+        "{a}"
+    );
+    assert!(
+        a.contains("FB-EXIT:1") && a.contains("20-fails") && !a.contains("\n10-ok\n"),
+        "{a}"
+    );
+    assert!(a.contains(r#""first_boot":{"state":"ready""#), "{a}");
+
+    let second = s.boot(Boot {
+        cmdline: cmdline.clone(),
+        action: &format!(
+            "{PLANT}\nls -A /overlay/upper/root | wc -l; ovlctl reset 2>&1 </dev/null; echo NOTTY-EXIT:$?; \
+             ovlctl reset -y; echo RESET-EXIT:$?; echo UPPER:; ls -A /overlay/upper; ls -A /overlay/upper/root; \
+             echo KEEP:; cat /run/outside/keep /run/bindsrc/f; echo ROMFILE:; cat /etc/rom-file; ls /etc/rom-dir; \
+             umount /overlay/upper/root/bindmnt; ovlctl status --json; touch /run/no-firstboot"
+        ),
+        ..Boot::default()
+    });
+    let st = second.status();
+    assert_eq!(st["first_boot"]["state"], "ready", "{st}");
+    assert_eq!(st["first_boot"]["cleared_at_boot"], Value::Null, "{st}");
+    let a = second.action();
+    assert!(a.contains("refusing to guess"), "{a}\n{}", second.stderr);
+    assert!(
+        a.contains("NOTTY-EXIT:2") && a.contains("RESET-EXIT:0"),
+        "{a}"
+    );
+    let upper = a
+        .split("UPPER:")
+        .nth(1)
+        .unwrap()
+        .split("KEEP:")
+        .next()
+        .unwrap();
+    // Only the mount point is left (and the directory that holds it).
+    assert_eq!(
+        upper.split_whitespace().collect::<Vec<_>>(),
+        ["root", "bindmnt"],
+        "{a}"
+    );
+    assert!(
+        a.contains("keep\nbound"),
+        "something outside the upper was touched: {a}"
+    );
+    // Deleted from the ROM before the reset: back at once, the opaque directory too.
+    let rom = a.split("ROMFILE:").nth(1).unwrap();
+    assert!(
+        rom.contains("from the rom") && rom.contains("inner") && !rom.contains("new"),
+        "{a}"
+    );
+    assert!(a.contains("mount points inside were left alone"), "{a}");
+    assert!(a.contains(r#""first_boot":{"state":"pending""#), "{a}");
+
+    let third = s.boot(Boot {
+        cmdline,
+        action: "ls -A /root; cat /etc/rom-file; ls /etc/firstboot.d 2>&1",
+        ..Boot::default()
+    });
+    let st = third.status();
+    assert_eq!(st["first_boot"]["cleared_at_boot"], "pending", "{st}");
+    let a = third.action();
+    assert!(!a.contains(".ssh") && !a.contains(".profile"), "{a}");
+    assert!(a.contains("from the rom"), "{a}");
+}
+
+#[test]
+fn privileged_reset_from_failsafe_marks_ext4_and_the_next_boot_formats_it() {
+    let s = Scenario::new();
+    let data = s.ext4("data.img", 32);
+    let (rom, d) = (rom_loop(), Loop::new(&data, 0, None));
+    let cmdline = format!("ovl.rom={} ovl.data={}", rom.0, d.0);
+    s.boot(Boot {
+        cmdline: cmdline.clone(),
+        action: "echo old > /etc/old; ovlctl firstboot",
+        ..Boot::default()
+    });
+    let fs = s.boot(Boot {
+        cmdline: format!("{cmdline} ovl.failsafe"),
+        action: &format!(
+            "echo tmp > /etc/tmp-file; ovlctl reset -y --data {}; echo RESET-EXIT:$?; ls /etc; ovlctl status",
+            d.0
+        ),
+        ..Boot::default()
+    });
+    let a = fs.action();
+    assert!(a.contains("RESET-EXIT:0"), "{a}\n{}", fs.stderr);
+    assert!(
+        a.contains("is marked for reset: the next boot formats it"),
+        "{a}"
+    );
+    assert!(
+        !a.contains("tmp-file"),
+        "the tmpfs upper was not emptied: {a}"
+    );
+    let head = std::fs::read(&data).unwrap();
+    assert_eq!(&head[..16], b"\xde\xad\xc0\xdeovl-reset\0\0\0");
+    let next = s.boot(Boot {
+        cmdline,
+        action: "cat /etc/old 2>&1",
+        ..Boot::default()
+    });
+    let st = next.status();
+    assert_eq!(st["mode"], "persistent", "{st}");
+    assert_eq!(st["data"]["content"], "reset-mark", "{st}");
+    assert_eq!(st["data"]["action"], "format", "{st}");
+    assert!(!next.action().contains("old\n"), "{}", next.action());
+}
+
+#[test]
+fn privileged_reset_refuses_a_partition_ovl_did_not_write() {
+    let s = Scenario::new();
+    let mut junk = vec![0x5au8; 8 << 20];
+    junk[..4].copy_from_slice(b"JUNK");
+    let data = s.path("junk.img");
+    std::fs::write(&data, &junk).unwrap();
+    let (rom, d) = (rom_loop(), Loop::new(&data, 0, None));
+    let run = s.boot(Boot {
+        cmdline: format!("ovl.rom={} ovl.data={}", rom.0, d.0),
+        action: "ovlctl reset -y; echo RESET-EXIT:$?",
+        ..Boot::default()
+    });
+    let a = run.action();
+    assert!(
+        a.contains("cannot be reset") && a.contains("which ovl did not write"),
+        "{a}"
+    );
+    assert!(
+        std::fs::read(&data).unwrap() == junk,
+        "a foreign partition was written"
+    );
+}
+
+#[test]
+fn privileged_command_line_reset_is_done_once() {
+    let s = Scenario::new();
+    let data = s.ext4("data.img", 32);
+    let (rom, d) = (rom_loop(), Loop::new(&data, 0, None));
+    let base = format!("ovl.rom={} ovl.data={}", rom.0, d.0);
+    s.boot(Boot {
+        cmdline: base.clone(),
+        action: "echo before > /etc/before; ovlctl firstboot",
+        ..Boot::default()
+    });
+    let r = s.boot(Boot {
+        cmdline: format!("{base} rd.overlay.reset"),
+        action: "cat /etc/before 2>&1; echo after > /etc/after; ovlctl firstboot",
+        ..Boot::default()
+    });
+    assert_eq!(r.status()["first_boot"]["cleared_at_boot"], "reset");
+    assert!(!r.action().contains("before\n"), "{}", r.action());
+    // The switch is still there: nothing more is reset.
+    let again = s.boot(Boot {
+        cmdline: format!("{base} rd.overlay.reset"),
+        action: "cat /etc/after",
+        ..Boot::default()
+    });
+    assert_eq!(again.status()["first_boot"]["cleared_at_boot"], Value::Null);
+    assert!(again.action().contains("after"), "{}", again.action());
+}
+
+#[test]
+fn privileged_an_overlay_made_for_another_rom_is_reset_or_kept() {
+    let s = Scenario::new();
+    let data = s.ext4("data.img", 32);
+    // Another ROM: the same tree with one more file.
+    let tree = s.path("rom2");
+    sh(&format!(
+        "unsquashfs -q -d {} {} >/dev/null",
+        tree.display(),
+        rom_image().display()
+    ));
+    std::fs::write(tree.join("etc/version"), "2\n").unwrap();
+    let rom2_img = s.path("rom2.sqfs");
+    sh(&format!(
+        "mksquashfs {} {} -noappend -quiet -comp gzip -all-root >/dev/null",
+        tree.display(),
+        rom2_img.display()
+    ));
+    let d = Loop::new(&data, 0, None);
+    let (rom1, rom2) = (rom_loop(), Loop::new(&rom2_img, 0, None));
+    let boot = |rom: &Loop, board: Option<&'static str>, action: &'static str| {
+        s.boot(Boot {
+            cmdline: format!("ovl.rom={} ovl.data={}", rom.0, d.0),
+            board,
+            action,
+            ..Boot::default()
+        })
+    };
+    boot(&rom1, None, "echo one > /etc/mine; ovlctl firstboot");
+    let keep = Some(r#"{"name":"t","stale_overlay":"keep"}"#);
+    let kept = boot(&rom2, keep, "cat /etc/mine; ovlctl firstboot");
+    let st = kept.status();
+    assert_eq!(st["first_boot"]["cleared_at_boot"], Value::Null, "{st}");
+    assert!(
+        st["first_boot"]["stale_from"]
+            .as_str()
+            .unwrap()
+            .starts_with("sqfs-"),
+        "{st}"
+    );
+    assert!(kept.action().contains("one"));
+    let reset = boot(&rom1, None, "cat /etc/mine 2>&1; cat /etc/version 2>&1");
+    let st = reset.status();
+    assert_eq!(st["first_boot"]["cleared_at_boot"], "stale", "{st}");
+    assert_ne!(st["first_boot"]["stale_from"], st["rom"]["id"], "{st}");
+    assert!(
+        st["notes"].to_string().contains("made for another ROM"),
+        "{st}"
+    );
+    assert!(!reset.action().contains("one"), "{}", reset.action());
 }

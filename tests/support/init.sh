@@ -9,5 +9,7 @@ echo "---status"
 echo "STATUS-EXIT:$?"
 echo "---action"
 if [ -n "$OVL_TEST_ACTION" ]; then eval "$OVL_TEST_ACTION"; fi
+# Late in boot, as the ROM's init on a device: the first boot completes.
+[ -e /run/no-firstboot ] || /sbin/ovlctl firstboot >/dev/null 2>&1
 sync
 echo "---end"
