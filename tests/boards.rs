@@ -1015,3 +1015,282 @@ fn power_cut_during_writes(board: &'static str, fstype: &str, name: &str) {
     }
     g.poweroff();
 }
+
+// ---- factory reset and first boot ----
+
+/// What a factory reset must remove, and what it must not touch (in /tmp, a tmpfs).
+const PLANT: &str =
+    "mkdir -p /root/.ssh && echo key > /root/.ssh/authorized_keys && echo p > /root/.profile \
+    && printf x > '/root/with space' && printf x > /root/-rf && rm /etc/banner \
+    && mkdir -p /tmp/outside && echo keep > /tmp/outside/keep && ln -s /tmp/outside /root/link-out \
+    && mkdir -p /tmp/bsrc /root/bindmnt && echo bound > /tmp/bsrc/f \
+    && mount --bind /tmp/bsrc /overlay/upper/root/bindmnt";
+
+fn machine_id(g: &mut Guest) -> String {
+    let out = g.run("cat /etc/machine-id");
+    let id = out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.len() == 32 && l.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_string);
+    id.unwrap_or_else(|| g.fail(&format!("no machine id in:\n{out}")))
+}
+
+#[test]
+fn nor_reset_of_the_mounted_overlay_brings_back_the_rom_and_reruns_first_boot() {
+    let s = Storage::new(NOR, "nor-reset");
+    let mut g = s.boot(1, &[]);
+    let st = g.status();
+    assert_eq!(st["first_boot"]["state"], "ready", "{st}");
+    assert_eq!(st["first_boot"]["cleared_at_boot"], "pending", "{st}");
+    assert!(
+        st["rom"]["id"].as_str().unwrap().starts_with("sqfs-"),
+        "{st}"
+    );
+    let id1 = machine_id(&mut g);
+    g.run(PLANT);
+    let out = g.run("ovlctl reset -y");
+    assert!(out.contains("mount points inside were left alone"), "{out}");
+    // Without a reboot: the ROM's file is back, nothing outside the upper was touched.
+    assert!(g.run("cat /etc/banner").contains("ovl"));
+    assert!(g.run("cat /tmp/outside/keep /tmp/bsrc/f").contains("keep"));
+    g.run("test ! -e /root/.ssh && test ! -e /root/.profile && test ! -e '/root/with space'");
+    assert_eq!(g.status()["first_boot"]["state"], "pending");
+    g.run("umount /overlay/upper/root/bindmnt");
+    g.poweroff();
+
+    let mut g = s.boot(2, &[]);
+    let st = g.status();
+    assert_eq!(st["first_boot"]["cleared_at_boot"], "pending", "{st}");
+    assert_eq!(st["first_boot"]["state"], "ready", "{st}");
+    let id2 = machine_id(&mut g);
+    assert_ne!(
+        id1, id2,
+        "the run-once script did not run again after the reset"
+    );
+    g.run("test ! -e /root/.ssh && test ! -e /root/link-out");
+    // OpenWrt's reset button runs `firstboot -y -r`: argv[0] makes it the reset.
+    g.run("echo after > /etc/after && ln -s /sbin/ovlctl /tmp/firstboot");
+    g.send("/tmp/firstboot -y -r");
+    g.wait_exit();
+    let mut g = s.boot(3, &[]);
+    assert_eq!(g.status()["first_boot"]["cleared_at_boot"], "pending");
+    g.run("test ! -e /etc/after");
+    g.poweroff();
+}
+
+#[test]
+fn nor_reset_from_failsafe_erases_through_the_mtd_layer() {
+    let s = Storage::new(NOR, "nor-reset-failsafe");
+    let mut g = s.boot(1, &[]);
+    g.run("echo old > /etc/old && rm /etc/banner && sync");
+    g.poweroff();
+    let mut g = s.boot(2, &["--append", "ovl.failsafe"]);
+    let out = g.run("ovlctl reset -y");
+    assert!(out.contains("is erased now through /dev/mtd"), "{out}");
+    assert!(
+        out.contains("erased ") && out.contains(" blocks of /dev/mtd"),
+        "{out}"
+    );
+    g.poweroff();
+    assert!(
+        s.nor_data().iter().all(|&b| b == 0xff),
+        "rootfs_data is not erased"
+    );
+    let mut g = s.boot(3, &[]);
+    let st = g.status();
+    assert_persistent(&st, "jffs2", "mount");
+    assert_eq!(st["data"]["content"], "erased", "{st}");
+    g.run("test ! -e /etc/old && test -e /etc/banner");
+    g.poweroff();
+}
+
+/// How many cuts per scenario: 3, or `OVL_CUTS` (bench/powercut.sh soaks with more).
+fn cuts() -> u64 {
+    std::env::var("OVL_CUTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+}
+
+/// Prints the soak line bench/powercut.sh reads, then fails on any mixture.
+fn report(scenario: &str, healthy: u64, mixed: &[String]) {
+    println!(
+        "POWERCUT {scenario}: {} cuts, {healthy} healthy, {} mixed",
+        healthy + mixed.len() as u64,
+        mixed.len()
+    );
+    assert!(mixed.is_empty(), "{scenario}: {mixed:#?}");
+}
+
+const OLD_FILES: u32 = 200;
+
+/// The old state every cut scenario starts from: 200 files, a deleted ROM file, a big file.
+fn planted_nor(s: &Storage) -> Vec<u8> {
+    let mut g = s.boot(1, &[]);
+    g.run(&format!(
+        "mkdir -p /root/old && i=0; while [ $i -lt {OLD_FILES} ]; do echo $i > /root/old/f$i; i=$((i+1)); done; \
+         rm /etc/banner && dd if=/dev/urandom of=/root/big bs=64k count=32 2>/dev/null && sync"
+    ));
+    g.poweroff();
+    std::fs::read(&s.path).unwrap()
+}
+
+/// After a cut: the old state whole (every file, the ROM file deleted) or the new one whole
+/// (none of them, the ROM file back). Returns a description of a mixture.
+fn old_or_new(g: &mut Guest, what: &str) -> Option<String> {
+    let n: u32 = g
+        .run("ls /root/old 2>/dev/null | wc -l")
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .next_back()
+        .unwrap_or(u32::MAX);
+    let banner = g.sh("test -e /etc/banner").0 == 0;
+    let big = g.sh("test -e /root/big").0 == 0;
+    let old = n == OLD_FILES && !banner && big;
+    let new = n == 0 && banner && !big;
+    (!old && !new)
+        .then(|| format!("{what}: {n} of {OLD_FILES} old files, banner {banner}, big {big}"))
+}
+
+#[test]
+fn nor_power_cuts_during_a_mounted_reset_leave_old_or_new() {
+    let s = Storage::new(NOR, "nor-reset-cut");
+    let planted = planted_nor(&s);
+    let base = seed();
+    let (mut healthy, mut mixed) = (0, Vec::new());
+    for (n, seed) in (base..base + cuts()).enumerate() {
+        std::fs::write(&s.path, &planted).unwrap();
+        let mut rng = Rng(seed);
+        let boot = 2 + 2 * n as u32;
+        let mut g = s.boot(boot, &[]);
+        // The reset of 200 files takes about 0.3 s here: cuts spread over 0-500 ms.
+        let delay = Duration::from_millis(rng.next() % 500);
+        g.send("ovlctl reset -y");
+        std::thread::sleep(delay);
+        let finished = g.text().contains("reset done");
+        g.power_cut();
+        let mut g = s.boot(boot + 1, &[]);
+        let st = g.status();
+        let what = format!("seed {seed}, cut {delay:?} after the command (finished: {finished})");
+        println!(
+            "mounted reset cut: {what}: cleared_at_boot {}",
+            st["first_boot"]["cleared_at_boot"]
+        );
+        match (st["mode"] == "persistent", old_or_new(&mut g, &what)) {
+            (true, None) => healthy += 1,
+            (false, _) => mixed.push(format!("{what}: not persistent: {st}")),
+            (true, Some(m)) => mixed.push(m),
+        }
+        g.poweroff();
+    }
+    report("mounted reset", healthy, &mixed);
+}
+
+#[test]
+fn nor_power_cuts_during_a_failsafe_reset_erase_never_bring_back_old_files() {
+    let s = Storage::new(NOR, "nor-reset-erase-cut");
+    let planted = planted_nor(&s);
+    let base = seed();
+    let (mut healthy, mut mixed) = (0, Vec::new());
+    for (n, seed) in (base..base + cuts()).enumerate() {
+        std::fs::write(&s.path, &planted).unwrap();
+        let mut rng = Rng(seed);
+        let boot = 2 + 2 * n as u32;
+        let mut g = s.boot(boot, &["--append", "ovl.failsafe"]);
+        let delay = Duration::from_millis(rng.next() % 800);
+        g.send("ovlctl reset -y");
+        g.wait_for_soon("erasing /dev/mtd", CMD_TIMEOUT);
+        std::thread::sleep(delay);
+        g.power_cut();
+        let mut g = s.boot(boot + 1, &[]);
+        let st = g.status();
+        let what = format!("seed {seed}, cut {delay:?} after `erasing`");
+        println!("erase cut: {what}: data {}", st["data"]);
+        match (st["mode"] == "persistent", old_or_new(&mut g, &what)) {
+            // The mark was written before `erasing` showed: only the new state may be seen.
+            (true, None) if g.sh("test -e /etc/banner").0 == 0 => healthy += 1,
+            (true, None) => mixed.push(format!("{what}: the old state came back")),
+            (false, _) => mixed.push(format!("{what}: not persistent: {st}")),
+            (true, Some(m)) => mixed.push(m),
+        }
+        g.poweroff();
+    }
+    report("failsafe reset erase", healthy, &mixed);
+}
+
+#[test]
+fn nor_power_cuts_during_first_boot_redo_it_from_empty() {
+    let s = Storage::new(NOR, "nor-firstboot-cut");
+    let mut g = s.boot(1, &[]);
+    g.run("echo user > /root/user && ovlctl reset -y");
+    g.poweroff();
+    let pending = std::fs::read(&s.path).unwrap();
+    let base = seed();
+    let (mut healthy, mut mixed) = (0, Vec::new());
+    for (n, seed) in (base..base + cuts()).enumerate() {
+        std::fs::write(&s.path, &pending).unwrap();
+        let mut rng = Rng(seed);
+        let boot = 2 + 2 * n as u32;
+        let mut g = Guest::start(&s, boot, &[]);
+        g.wait_for_soon("ovl-rom: init running", BOOT_TIMEOUT);
+        // `ovlctl status` then `ovlctl firstboot` complete within about 0.6 s.
+        let delay = Duration::from_millis(rng.next() % 800);
+        std::thread::sleep(delay);
+        let completed = g.text().contains("first boot complete");
+        g.power_cut();
+        let mut g = s.boot(boot + 1, &[]);
+        let st = g.status();
+        let what =
+            format!("seed {seed}, cut {delay:?} after init started (completed: {completed})");
+        println!(
+            "first boot cut: {what}: cleared_at_boot {}",
+            st["first_boot"]["cleared_at_boot"]
+        );
+        let cleared = st["first_boot"]["cleared_at_boot"].clone();
+        let ok = st["mode"] == "persistent"
+            && st["first_boot"]["state"] == "ready"
+            && (completed || cleared == "pending")
+            && g.sh("test ! -e /root/user").0 == 0;
+        // Torn output of the script would show as a malformed id.
+        machine_id(&mut g);
+        if ok {
+            healthy += 1;
+        } else {
+            mixed.push(format!("{what}: {st}"));
+        }
+        g.poweroff();
+    }
+    report("first boot", healthy, &mixed);
+}
+
+#[test]
+fn disk_reset_mounted_then_from_failsafe_formats_on_the_next_boot() {
+    let s = Storage::new(DISK, "disk-reset");
+    let mut g = s.boot(1, &[]);
+    assert_eq!(g.status()["first_boot"]["state"], "ready");
+    g.run("echo old > /etc/old && rm /etc/banner && mkdir -p /root/.ssh && echo k > /root/.ssh/k");
+    g.run("ovlctl reset -y");
+    assert!(g.run("cat /etc/banner").contains("ovl"));
+    g.run("test ! -e /root/.ssh && test ! -e /etc/old");
+    g.run("echo again > /etc/again && sync");
+    g.poweroff();
+    let mut g = s.boot(2, &["--append", "ovl.failsafe"]);
+    let out = g.run("ovlctl reset -y");
+    assert!(
+        out.contains("marked /dev/vda2: the next boot formats it"),
+        "{out}"
+    );
+    g.poweroff();
+    assert_eq!(
+        &s.read(DISK_DATA, 16),
+        b"\xde\xad\xc0\xdeovl-reset\0\0\0",
+        "no reset mark on the data partition"
+    );
+    let mut g = s.boot(3, &[]);
+    let st = g.status();
+    assert_persistent(&st, "ext4", "format");
+    assert_eq!(st["data"]["content"], "reset-mark", "{st}");
+    g.run("test ! -e /etc/again");
+    g.poweroff();
+}
