@@ -1038,7 +1038,16 @@ fn machine_id(g: &mut Guest) -> String {
 
 #[test]
 fn nor_reset_of_the_mounted_overlay_brings_back_the_rom_and_reruns_first_boot() {
-    let s = Storage::new(NOR, "nor-reset");
+    mounted_reset(NOR);
+}
+
+#[test]
+fn armv7_reset_of_the_mounted_overlay_brings_back_the_rom_and_reruns_first_boot() {
+    mounted_reset(ARMV7_NOR);
+}
+
+fn mounted_reset(board: &'static str) {
+    let s = Storage::new(board, &log_name(board, "reset"));
     let mut g = s.boot(1, &[]);
     let st = g.status();
     assert_eq!(st["first_boot"]["state"], "ready", "{st}");
@@ -1262,6 +1271,24 @@ fn nor_power_cuts_during_first_boot_redo_it_from_empty() {
         g.poweroff();
     }
     report("first boot", healthy, &mixed);
+}
+
+#[test]
+fn combined_reset_from_failsafe_marks_the_area_after_the_rom() {
+    let s = Storage::new(COMBINED, "combined-reset");
+    let mut g = s.boot(1, &[]);
+    g.run("echo old > /etc/old && sync");
+    g.poweroff();
+    let mut g = s.boot(2, &["--append", "ovl.failsafe"]);
+    let out = g.run("ovlctl reset -y");
+    assert!(out.contains("the next boot formats it"), "{out}");
+    g.poweroff();
+    let mut g = s.boot(3, &[]);
+    let st = g.status();
+    assert_persistent(&st, "ext4", "format");
+    assert_eq!(st["data"]["content"], "reset-mark", "{st}");
+    g.run("test ! -e /etc/old");
+    g.poweroff();
 }
 
 #[test]
