@@ -85,6 +85,7 @@ pub fn run(o: &Opts) -> Result<Summary> {
         .open("/dev/kmsg")
         .ok();
     let mut sum = Summary::default();
+    let start = std::time::Instant::now();
     for path in scripts(&o.dir)? {
         let name = path
             .file_name()
@@ -121,7 +122,14 @@ pub fn run(o: &Opts) -> Result<Summary> {
                 nix::unistd::sync();
                 crate::overlay::set_ready(&o.overlay)?;
                 sum.completed = true;
-                say(&mut kmsg, 6, "first boot complete: the overlay is ready");
+                say(
+                    &mut kmsg,
+                    6,
+                    &format!(
+                        "first boot complete in {:.2} s: the overlay is ready",
+                        start.elapsed().as_secs_f64()
+                    ),
+                );
             }
         }
     }

@@ -56,7 +56,9 @@ pub fn erase_order(blocks: u32) -> impl Iterator<Item = u32> {
 pub trait Blocks {
     fn count(&self) -> u32;
     fn is_bad(&mut self, block: u32) -> Result<bool, (String, Errno)>;
-    /// Whether the whole block reads 0xFF.
+    /// Whether the block holds nothing: all 0xFF, or only the clean marker JFFS2 writes into
+    /// every erased block it finds (so a JFFS2 partition has no all-0xFF blocks left). Such a
+    /// block holds no old node, so erasing it again would cost time and wear for nothing.
     fn is_erased(&mut self, block: u32) -> Result<bool, (String, Errno)>;
     fn erase(&mut self, block: u32) -> Result<(), (String, Errno)>;
 }
@@ -82,6 +84,14 @@ pub fn erase_blocks(b: &mut dyn Blocks) -> Result<EraseReport, (String, Errno)> 
         r.erased += 1;
     }
     Ok(r)
+}
+
+/// JFFS2's clean marker in this CPU's byte order: a 12-byte node of type 0x2003.
+fn is_clean_marker(buf: &[u8]) -> bool {
+    use crate::probe::jffs2;
+    buf.get(..2) == Some(jffs2::MAGIC.to_ne_bytes().as_slice())
+        && jffs2::node_header(buf, u64::MAX) == Some(jffs2::NODETYPE_CLEANMARKER)
+        && buf.get(4..8) == Some((jffs2::HEADER_LEN as u32).to_ne_bytes().as_slice())
 }
 
 /// An MTD character device, opened for erasing.
@@ -132,8 +142,14 @@ impl Blocks for Device {
                     Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
                 )
             })?;
+            // A clean marker at the start of the block is the one thing allowed besides 0xFF.
+            let skip = if done == 0 && is_clean_marker(chunk) {
+                crate::probe::jffs2::HEADER_LEN
+            } else {
+                0
+            };
             // Most used blocks differ in their first bytes: stop there.
-            if chunk.iter().any(|&b| b != 0xff) {
+            if chunk.iter().skip(skip).any(|&b| b != 0xff) {
                 return Ok(false);
             }
             done += len as u32;
@@ -278,6 +294,19 @@ mod tests {
                 assert!(good.iter().all(|&i| f.blocks[i].iter().all(|&b| b == 0xff)));
             }
         }
+    }
+
+    #[test]
+    fn a_clean_marker_alone_is_an_empty_block() {
+        let h = crate::probe::jffs2::tests::header(cfg!(target_endian = "little"), 0x2003, 12);
+        let mut block = vec![0xffu8; 4096];
+        block[..12].copy_from_slice(&h);
+        assert!(is_clean_marker(&block));
+        let other = crate::probe::jffs2::tests::header(cfg!(target_endian = "little"), 0xe001, 68);
+        assert!(!is_clean_marker(&other));
+        // A marker of another length is a node like any other.
+        let long = crate::probe::jffs2::tests::header(cfg!(target_endian = "little"), 0x2003, 16);
+        assert!(!is_clean_marker(&long));
     }
 
     #[test]
