@@ -1330,3 +1330,52 @@ fn disk_reset_mounted_then_from_failsafe_formats_on_the_next_boot() {
     g.run("test ! -e /etc/again");
     g.poweroff();
 }
+
+/// Another ROM over an old overlay (a new image flashed without an upgrade backup): the
+/// overlay was made for the old one, so it is reset and the event is published.
+#[test]
+fn nor_another_rom_over_an_old_overlay_resets_it() {
+    let s = Storage::new(NOR, "nor-stale");
+    let mut g = s.boot(1, &[]);
+    let old_id = g.status()["rom"]["id"].as_str().unwrap().to_string();
+    g.run("echo mine > /etc/mine && sync");
+    g.poweroff();
+    // The same ROM with one more file, written where the ROM lives.
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    let rom = cache().join("images").join(NOR).join("rom.sqfs");
+    let new = work.path().join("rom2.sqfs");
+    let run = |cmd: &mut Command| assert!(cmd.status().unwrap().success(), "{cmd:?}");
+    run(Command::new("unsquashfs")
+        .args(["-q", "-d"])
+        .arg(&tree)
+        .arg(&rom));
+    std::fs::write(tree.join("etc/version"), "2\n").unwrap();
+    run(Command::new("mksquashfs").arg(&tree).arg(&new).args([
+        "-noappend",
+        "-quiet",
+        "-all-root",
+        "-comp",
+        "xz",
+        "-b",
+        "256K",
+    ]));
+    let bytes = std::fs::read(&new).unwrap();
+    assert!(bytes.len() as u64 <= NOR_DATA);
+    s.write(0, &bytes);
+    let mut g = s.boot(2, &[]);
+    let st = g.status();
+    assert_eq!(st["first_boot"]["cleared_at_boot"], "stale", "{st}");
+    assert_eq!(st["first_boot"]["stale_from"], old_id.as_str(), "{st}");
+    assert_ne!(st["rom"]["id"], old_id.as_str(), "{st}");
+    assert!(
+        st["notes"].to_string().contains("made for another ROM"),
+        "{st}"
+    );
+    g.run("test ! -e /etc/mine && cat /etc/version");
+    g.poweroff();
+    // Once: the overlay belongs to the new ROM now.
+    let mut g = s.boot(3, &[]);
+    assert_eq!(g.status()["first_boot"]["cleared_at_boot"], Value::Null);
+    g.poweroff();
+}
