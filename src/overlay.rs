@@ -36,6 +36,9 @@ use std::path::{Path, PathBuf};
 
 pub const RECORD: &str = ".ovl-state";
 const RECORD_NEW: &str = ".ovl-state.new";
+/// The ready record made ahead at boot, so that completing a first boot is one rename and
+/// needs no new inode or block: a first boot that filled the partition can still complete.
+const RECORD_READY: &str = ".ovl-state.ready";
 /// OpenWrt's upgrade backup, kept beside the upper until the first boot completes.
 pub const UPGRADE_BACKUP: &str = "sysupgrade.tgz";
 const VERSION: &str = "ovl1";
@@ -371,6 +374,16 @@ pub fn prepare(overlay: &Path, p: &Prepare) -> io::Result<Prepared> {
     if next != rec || read(overlay)?.is_none() {
         write(overlay, &next)?;
     }
+    if next.first_boot == FirstBoot::Pending {
+        let ready = Record {
+            first_boot: FirstBoot::Ready,
+            ..next.clone()
+        };
+        let spare = overlay.join(RECORD_READY);
+        let _ = std::fs::remove_file(&spare);
+        std::os::unix::fs::symlink(ready.encode(), &spare)
+            .map_err(ctx(format!("create {}", spare.display())))?;
+    }
     if let Some(w) = why {
         for d in [&upper, &overlay.join("work")] {
             if d.is_dir() {
@@ -391,11 +404,22 @@ fn dir_is_empty(dir: &Path) -> io::Result<bool> {
     }
 }
 
-/// Marks the overlay's first boot complete.
+/// Marks the overlay's first boot complete: renames the ready record made at boot over the
+/// record when it says the same apart from the state, else writes a new one.
 pub fn set_ready(overlay: &Path) -> io::Result<Record> {
     let mut rec = read(overlay)?.unwrap_or_else(|| Record::pending(None));
     rec.first_boot = FirstBoot::Ready;
-    write(overlay, &rec)?;
+    let spare = overlay.join(RECORD_READY);
+    let ahead = std::fs::read_link(&spare)
+        .ok()
+        .map(|t| Record::decode(&t.to_string_lossy()));
+    if ahead.as_ref() == Some(&rec) {
+        std::fs::rename(&spare, overlay.join(RECORD))
+            .map_err(ctx(format!("rename {}", spare.display())))?;
+        sync_dir(overlay)?;
+    } else {
+        write(overlay, &rec)?;
+    }
     Ok(rec)
 }
 
@@ -443,6 +467,18 @@ mod tests {
         // A stale temporary name from a cut write does not stop the next one.
         std::os::unix::fs::symlink("junk", d.path().join(RECORD_NEW)).unwrap();
         set_ready(d.path()).unwrap();
+        // The ready record made ahead by prepare is what set_ready renames.
+        let p = Prepare::default();
+        std::fs::remove_file(d.path().join(RECORD)).unwrap();
+        prepare(d.path(), &p).unwrap();
+        let spare = || std::fs::symlink_metadata(d.path().join(RECORD_READY)).is_ok();
+        assert!(spare());
+        set_ready(d.path()).unwrap();
+        assert!(!spare());
+        assert_eq!(
+            read(d.path()).unwrap().unwrap().first_boot,
+            FirstBoot::Ready
+        );
         // A regular file in its place is not a ready record.
         std::fs::remove_file(d.path().join(RECORD)).unwrap();
         std::fs::write(d.path().join(RECORD), "ovl1 ready").unwrap();
