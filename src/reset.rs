@@ -128,14 +128,15 @@ pub fn run(o: &Opts) -> Result<()> {
     let ovl_dir = &o.overlay;
     let upper = ovl_dir.join("upper");
     let ovl_name = ovl_dir.display().to_string();
-    let overlay_mount = status::top(&st.mounts, &ovl_name);
-    if overlay_mount.is_none() || !upper.is_dir() {
+    let persistent = state.mode.as_str() == "persistent";
+    // On the bare ROM (mode rom) there is no upper; the partition can still be reset.
+    let has_upper = status::top(&st.mounts, &ovl_name).is_some() && upper.is_dir();
+    if persistent && !has_upper {
         bail!(
-            "{} is not mounted or has no upper directory: is this system booted by ovl preinit?",
+            "{} is not mounted or has no upper directory, though the state says persistent",
             ovl_dir.display()
         );
     }
-    let persistent = state.mode.as_str() == "persistent";
     // Failsafe did not look for the partition at boot: look now, as preinit would. The
     // system double stays alive so that a loop device it attached stays attached.
     let mut sys = crate::sys::real::Real::new(PathBuf::from("/dev"));
@@ -178,9 +179,14 @@ pub fn run(o: &Opts) -> Result<()> {
         }
     } else {
         lines.push(format!(
-            "This boot runs on a {} overlay ({}). Its changes are deleted.",
+            "This boot runs on a {} overlay ({}).{}",
             state.mode.as_str(),
-            state.reason.as_deref().unwrap_or("no reason recorded")
+            state.reason.as_deref().unwrap_or("no reason recorded"),
+            if has_upper {
+                " Its changes are deleted."
+            } else {
+                " It has no upper to empty."
+            }
         ));
         lines.push(match &partition {
             Partition::EraseMtd { char_dev, content } => format!(
@@ -218,7 +224,11 @@ pub fn run(o: &Opts) -> Result<()> {
         rec.first_boot = FirstBoot::Pending;
         overlay::write(ovl_dir, &rec)?;
     }
-    let c = overlay::clear_dir(&upper)?;
+    let c = if has_upper {
+        overlay::clear_dir(&upper)?
+    } else {
+        overlay::Cleared::default()
+    };
     if persistent && !o.keep {
         let backup = ovl_dir.join(overlay::UPGRADE_BACKUP);
         match std::fs::remove_file(&backup) {
@@ -228,18 +238,20 @@ pub fn run(o: &Opts) -> Result<()> {
             _ => {}
         }
     }
-    overlay::sync_dir(&upper)?;
-    println!(
-        "removed {} entries from {} in {:.2} s{}",
-        c.removed,
-        upper.display(),
-        t.elapsed().as_secs_f64(),
-        if c.mounts_skipped > 0 {
-            format!("; {} mount points inside were left alone", c.mounts_skipped)
-        } else {
-            String::new()
-        }
-    );
+    if has_upper {
+        overlay::sync_dir(&upper)?;
+        println!(
+            "removed {} entries from {} in {:.2} s{}",
+            c.removed,
+            upper.display(),
+            t.elapsed().as_secs_f64(),
+            if c.mounts_skipped > 0 {
+                format!("; {} mount points inside were left alone", c.mounts_skipped)
+            } else {
+                String::new()
+            }
+        );
+    }
     // Unused dentries go, so files deleted from the ROM show again where nothing holds them.
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "2");
 

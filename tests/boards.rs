@@ -1090,7 +1090,16 @@ fn mounted_reset(board: &'static str) {
 
 #[test]
 fn nor_reset_from_failsafe_erases_through_the_mtd_layer() {
-    let s = Storage::new(NOR, "nor-reset-failsafe");
+    failsafe_reset_erases(NOR);
+}
+
+#[test]
+fn armv7_reset_from_failsafe_erases_through_the_mtd_layer() {
+    failsafe_reset_erases(ARMV7_NOR);
+}
+
+fn failsafe_reset_erases(board: &'static str) {
+    let s = Storage::new(board, &log_name(board, "reset-failsafe"));
     let mut g = s.boot(1, &[]);
     g.run("echo old > /etc/old && rm /etc/banner && sync");
     g.poweroff();
@@ -1283,16 +1292,21 @@ fn nor_power_cuts_during_first_boot_redo_it_from_empty() {
 }
 
 #[test]
-fn combined_reset_from_failsafe_marks_the_area_after_the_rom() {
+fn combined_reset_mounted_then_from_failsafe_marks_the_area_after_the_rom() {
     let s = Storage::new(COMBINED, "combined-reset");
     let mut g = s.boot(1, &[]);
+    g.run("echo gone > /etc/gone && rm /etc/banner && ovlctl reset -y");
+    g.run("test ! -e /etc/gone && test -e /etc/banner");
+    g.poweroff();
+    let mut g = s.boot(2, &[]);
+    assert_eq!(g.status()["first_boot"]["cleared_at_boot"], "pending");
     g.run("echo old > /etc/old && sync");
     g.poweroff();
-    let mut g = s.boot(2, &["--append", "ovl.failsafe"]);
+    let mut g = s.boot(3, &["--append", "ovl.failsafe"]);
     let out = g.run("ovlctl reset -y");
     assert!(out.contains("the next boot formats it"), "{out}");
     g.poweroff();
-    let mut g = s.boot(3, &[]);
+    let mut g = s.boot(4, &[]);
     let st = g.status();
     assert_persistent(&st, "ext4", "format");
     assert_eq!(st["data"]["content"], "reset-mark", "{st}");
