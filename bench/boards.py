@@ -117,9 +117,9 @@ def reset_figures(board="qemu-aarch64-nor"):
             shutil.copy(os.path.join(img, "storage.img"), storage)
             boot(board, storage, line=fill + "; poweroff -f")
             out = boot(board, storage, append="ovl.failsafe", line="dmesg -n 1; ovlctl reset -y; poweroff -f")
-            m = re.search(r"erased (\d+) blocks of \S+ in ([0-9.]+) s \((\d+) were erased already", out)
-            print(f"  {mib:2d} MiB used, failsafe reset: erased {m.group(1)} blocks ({m.group(3)} already "
-                  f"erased) in {float(m.group(2)) * 1000:.0f} ms")
+            m = re.search(r"erased (\d+) blocks of \S+ in ([0-9.]+) s \((\d+) held nothing", out)
+            print(f"  {mib:2d} MiB used, failsafe reset: erased {m.group(1)} blocks ({m.group(3)} held nothing "
+                  f"and were left) in {float(m.group(2)) * 1000:.0f} ms")
             # A marked partition with the old nodes behind the marker: preinit erases it.
             shutil.copy(os.path.join(img, "storage.img"), storage)
             boot(board, storage, line=fill + "; poweroff -f")

@@ -7,7 +7,7 @@
 //! back. Overlay not mounted (tmpfs fallback, failsafe): this boot's tmpfs upper is emptied,
 //! and the writable partition, re-identified now, is
 //! - JFFS2 (or already marked): marked ([`crate::mtd::write_reset_mark`]) and erased through
-//!   the MTD layer, block 0 last, blocks already erased skipped; a cut leaves the mark, and
+//!   the MTD layer, block 0 last, blocks that hold nothing skipped; a cut leaves the mark, and
 //!   preinit finishes the erase before it mounts anything;
 //! - ext4: given [`crate::probe::magic::BLOCK_RESET_MARK`]; the next boot formats it;
 //! - anything else: left byte for byte as it is, and the reset says so.
@@ -266,7 +266,7 @@ pub fn run(o: &Opts) -> Result<()> {
             let r = crate::mtd::erase_all(char_dev)
                 .map_err(|(w, e)| anyhow!("erase {}: {w}: {}", char_dev.display(), e.desc()))?;
             println!(
-                "erased {} blocks of {} in {:.2} s ({} were erased already, {} bad skipped)",
+                "erased {} blocks of {} in {:.2} s ({} held nothing (erased, or a clean marker alone), {} bad skipped)",
                 r.erased,
                 char_dev.display(),
                 t.elapsed().as_secs_f64(),
