@@ -374,16 +374,6 @@ pub fn prepare(overlay: &Path, p: &Prepare) -> io::Result<Prepared> {
     if next != rec || read(overlay)?.is_none() {
         write(overlay, &next)?;
     }
-    if next.first_boot == FirstBoot::Pending {
-        let ready = Record {
-            first_boot: FirstBoot::Ready,
-            ..next.clone()
-        };
-        let spare = overlay.join(RECORD_READY);
-        let _ = std::fs::remove_file(&spare);
-        std::os::unix::fs::symlink(ready.encode(), &spare)
-            .map_err(ctx(format!("create {}", spare.display())))?;
-    }
     if let Some(w) = why {
         for d in [&upper, &overlay.join("work")] {
             if d.is_dir() {
@@ -391,6 +381,18 @@ pub fn prepare(overlay: &Path, p: &Prepare) -> io::Result<Prepared> {
             }
         }
         out.cleared = Some(w);
+    }
+    if next.first_boot == FirstBoot::Pending {
+        // After the emptying, which made room. Best effort: without it set_ready writes.
+        let ready = Record {
+            first_boot: FirstBoot::Ready,
+            ..next.clone()
+        };
+        let spare = overlay.join(RECORD_READY);
+        let _ = std::fs::remove_file(&spare);
+        if let Err(e) = std::os::unix::fs::symlink(ready.encode(), &spare) {
+            log::warn!("create {}: {e}", spare.display());
+        }
     }
     out.first_boot = Some(next.first_boot);
     Ok(out)
