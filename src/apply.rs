@@ -75,10 +75,9 @@ fn step(sys: &mut dyn Sys, s: &Step, done: &mut Done) -> Result<(), SysError> {
             log::info!("erasing {char_dev} (reset marker found)");
             let r = sys.mtd_erase(Path::new(char_dev))?;
             log::info!(
-                "erased {} blocks of {char_dev} (block 0 last), {} held nothing (erased, or a clean marker alone), {} bad skipped",
+                "erased {} blocks of {char_dev} (block 0 last), {}",
                 r.erased,
-                r.already_erased,
-                r.bad_blocks
+                r.left_alone()
             );
             Ok(())
         }

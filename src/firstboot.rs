@@ -112,9 +112,8 @@ pub fn run(o: &Opts) -> Result<Summary> {
             sum.failed.push(name);
         }
     }
-    let persistent = crate::status::gather(o.state.as_deref())
-        .map(|s| s.state.mode.as_str() == "persistent")
-        .unwrap_or(false);
+    let persistent = crate::status::read_state(o.state.as_deref())
+        .is_ok_and(|s| s.mode.as_str() == "persistent");
     if persistent {
         if let Some(rec) = crate::overlay::read(&o.overlay)? {
             if rec.first_boot == crate::overlay::FirstBoot::Pending {

@@ -326,8 +326,9 @@ pub fn prepare(overlay: &Path, p: &Prepare) -> io::Result<Prepared> {
         upgrade_waiting: upgrade_waiting(overlay),
         ..Prepared::default()
     };
-    let rec = match read(overlay)? {
-        Some(r) => r,
+    let mut on_disk = read(overlay)?;
+    let rec = match &on_disk {
+        Some(r) => r.clone(),
         None if !dir_is_empty(&upper)? => {
             // An upper with no record: made before ovl kept one. Adopted, never emptied.
             let rec = Record {
@@ -336,6 +337,7 @@ pub fn prepare(overlay: &Path, p: &Prepare) -> io::Result<Prepared> {
                 reset: None,
             };
             write(overlay, &rec)?;
+            on_disk = Some(rec.clone());
             out.note = Some("an overlay without a first-boot record was adopted as ready".into());
             rec
         }
@@ -371,7 +373,7 @@ pub fn prepare(overlay: &Path, p: &Prepare) -> io::Result<Prepared> {
     if why.is_some() {
         next.first_boot = FirstBoot::Pending;
     }
-    if next != rec || read(overlay)?.is_none() {
+    if on_disk.as_ref() != Some(&next) {
         write(overlay, &next)?;
     }
     if let Some(w) = why {

@@ -57,26 +57,28 @@ fn mtd_part(dev: &Path) -> Option<crate::probe::mtd::MtdPart> {
         .find(|p| p.index == index)
 }
 
-/// Whether an unmounted MTD partition (named by its block device) carries a reset marker.
-pub fn mtd_marked(dev: &Path) -> bool {
-    let Some(part) = mtd_part(dev) else {
-        return false;
-    };
-    let char_dev = PathBuf::from(part.char_dev());
-    crate::probe::read_head(&char_dev, magic::PROBE_BYTES)
-        .ok()
-        .and_then(|h| crate::probe::mtd_content(&char_dev, &h, &part).ok())
-        .is_some_and(|c| matches!(c, Content::Marker | Content::ResetMark))
+/// What an unmounted writable partition holds now, judged as preinit judges it: an MTD
+/// partition (named by its /dev/mtdblockN) through its character device and every erase
+/// block, a block device by its head.
+pub fn partition_content(dev: &Path) -> Result<Content, String> {
+    content_of(dev, mtd_part(dev).as_ref())
+}
+
+fn content_of(dev: &Path, part: Option<&crate::probe::mtd::MtdPart>) -> Result<Content, String> {
+    let read_from = part.map_or_else(|| dev.to_path_buf(), |p| PathBuf::from(p.char_dev()));
+    let head = crate::probe::read_head(&read_from, magic::PROBE_BYTES)
+        .map_err(|e| format!("read {}: {e}", read_from.display()))?;
+    match part {
+        Some(p) => crate::probe::mtd_content(&read_from, &head, p),
+        None => crate::probe::block_content(&read_from, &head),
+    }
 }
 
 fn classify(dev: &Path, mounts: &[MountInfo]) -> Partition {
     let name = dev.display();
     if let Some(part) = mtd_part(dev) {
         let char_dev = PathBuf::from(part.char_dev());
-        let content = crate::probe::read_head(&char_dev, magic::PROBE_BYTES)
-            .map_err(|e| format!("read {}: {e}", char_dev.display()))
-            .and_then(|h| crate::probe::mtd_content(&char_dev, &h, &part));
-        return match content {
+        return match content_of(dev, Some(&part)) {
             Ok(c @ (Content::Jffs2 | Content::Marker | Content::ResetMark)) => {
                 Partition::EraseMtd {
                     char_dev,
@@ -97,10 +99,7 @@ fn classify(dev: &Path, mounts: &[MountInfo]) -> Partition {
             m.mount_point
         ));
     }
-    let content = crate::probe::read_head(dev, magic::PROBE_BYTES)
-        .map_err(|e| format!("read {name}: {e}"))
-        .and_then(|h| crate::probe::block_content(dev, &h));
-    match content {
+    match content_of(dev, None) {
         Ok(Content::Ext4 { .. }) => Partition::MarkBlock {
             dev: dev.to_path_buf(),
         },
@@ -123,14 +122,14 @@ fn classify(dev: &Path, mounts: &[MountInfo]) -> Partition {
 
 /// Says what the reset will do, asks unless `-y`, and does it.
 pub fn run(o: &Opts) -> Result<()> {
-    let st = status::gather(o.state.as_deref())?;
-    let state = &st.state;
+    let state = &status::read_state(o.state.as_deref())?;
+    let mounts = status::live_mounts();
     let ovl_dir = &o.overlay;
     let upper = ovl_dir.join("upper");
     let ovl_name = ovl_dir.display().to_string();
     let persistent = state.mode.as_str() == "persistent";
     // On the bare ROM (mode rom) there is no upper; the partition can still be reset.
-    let has_upper = status::top(&st.mounts, &ovl_name).is_some() && upper.is_dir();
+    let has_upper = status::top(&mounts, &ovl_name).is_some() && upper.is_dir();
     if persistent && !has_upper {
         bail!(
             "{} is not mounted or has no upper directory, though the state says persistent",
@@ -140,21 +139,16 @@ pub fn run(o: &Opts) -> Result<()> {
     // Failsafe did not look for the partition at boot: look now, as preinit would. The
     // system double stays alive so that a loop device it attached stays attached.
     let mut sys = crate::sys::real::Real::new(PathBuf::from("/dev"));
-    let found = if o.data.is_some() {
-        Ok(o.data.clone())
-    } else if state.data.is_none() && !persistent {
-        find_data(&mut sys)
-    } else {
-        Ok(None)
+    let found = match (&o.data, &state.data) {
+        (Some(d), _) => Ok(Some(d.clone())),
+        (None, Some(d)) => Ok(Some(PathBuf::from(d.as_str()))),
+        (None, None) if !persistent => find_data(&mut sys),
+        (None, None) => Ok(None),
     };
-    let data = o
-        .data
-        .clone()
-        .or_else(|| state.data.as_deref().map(PathBuf::from))
-        .or_else(|| found.as_ref().ok().cloned().flatten());
+    let data = found.as_ref().ok().cloned().flatten();
     let partition = match (&data, persistent) {
         (_, true) => Partition::Mounted,
-        (Some(d), false) => classify(d, &st.mounts),
+        (Some(d), false) => classify(d, &mounts),
         (None, false) => Partition::CannotReach(match found {
             Err(e) => format!("none found now: {e}"),
             Ok(_) => "no writable partition was found at boot: there is none to reset".into(),
@@ -266,12 +260,11 @@ pub fn run(o: &Opts) -> Result<()> {
             let r = crate::mtd::erase_all(char_dev)
                 .map_err(|(w, e)| anyhow!("erase {}: {w}: {}", char_dev.display(), e.desc()))?;
             println!(
-                "erased {} blocks of {} in {:.2} s ({} held nothing (erased, or a clean marker alone), {} bad skipped)",
+                "erased {} blocks of {} in {:.2} s ({})",
                 r.erased,
                 char_dev.display(),
                 t.elapsed().as_secs_f64(),
-                r.already_erased,
-                r.bad_blocks
+                r.left_alone()
             );
         }
         Partition::MarkBlock { dev } => {

@@ -396,8 +396,8 @@ fn human(b: u64) -> String {
     }
 }
 
-/// Reads the state file (the given one, or the first of the usual places) and the live table.
-pub fn gather(state_path: Option<&Path>) -> anyhow::Result<Status> {
+/// Reads the state file: the given one, or the first of the usual places.
+pub fn read_state(state_path: Option<&Path>) -> anyhow::Result<State> {
     use anyhow::Context;
     let path = match state_path {
         Some(p) => p.to_path_buf(),
@@ -414,10 +414,20 @@ pub fn gather(state_path: Option<&Path>) -> anyhow::Result<Status> {
             })?,
     };
     let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
-    let state = State::from_json(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+    State::from_json(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// The live mount table.
+pub fn live_mounts() -> Vec<MountInfo> {
+    std::fs::read_to_string("/proc/self/mountinfo")
         .map(|t| parse_mountinfo(&t))
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Reads the state file and the live table, and what the overlay and the partition say now.
+pub fn gather(state_path: Option<&Path>) -> anyhow::Result<Status> {
+    let state = read_state(state_path)?;
+    let mounts = live_mounts();
     // The field types are narrower on 32-bit targets, so the casts are not no-ops there.
     #[allow(clippy::unnecessary_cast)]
     let overlay_space = nix::sys::statvfs::statvfs("/overlay").ok().map(|s| {
@@ -442,10 +452,9 @@ pub fn gather(state_path: Option<&Path>) -> anyhow::Result<Status> {
     let reset_waiting = state.mode.as_str() != "persistent"
         && state.data.as_deref().is_some_and(|d| {
             matches!(
-                crate::probe::read_head(Path::new(d), crate::probe::magic::PROBE_BYTES)
-                    .map(|h| crate::probe::magic::identify(&h)),
+                crate::reset::partition_content(Path::new(d)),
                 Ok(crate::probe::magic::Content::ResetMark | crate::probe::magic::Content::Marker)
-            ) || crate::reset::mtd_marked(Path::new(d))
+            )
         });
     Ok(Status {
         state,

@@ -141,6 +141,16 @@ pub struct EraseReport {
     pub bad_blocks: u32,
 }
 
+impl EraseReport {
+    /// The blocks the erase did not touch, as the logs and `ovlctl reset` say it.
+    pub fn left_alone(&self) -> String {
+        format!(
+            "{} held nothing (erased, or a clean marker alone), {} bad skipped",
+            self.already_erased, self.bad_blocks
+        )
+    }
+}
+
 pub trait Sys {
     fn mount(&mut self, m: &MountSpec) -> SysResult<()>;
     fn umount(&mut self, target: &Path, detach: bool) -> SysResult<()>;
