@@ -70,7 +70,12 @@ fn step(sys: &mut dyn Sys, s: &Step, done: &mut Done) -> Result<(), SysError> {
             rom,
             root,
             label,
-        } => format(sys, device, mkfs, rom, root, label),
+        } => {
+            format(sys, device, mkfs, rom, root, label)?;
+            // After mkfs, never before: a cut between the two formats again, while a mark
+            // cleared first would leave the old file system to be mounted.
+            sys.clear_reset_mark(Path::new(device))
+        }
         Step::Erase { char_dev } => {
             log::info!("erasing {char_dev} (reset marker found)");
             let r = sys.mtd_erase(Path::new(char_dev))?;
@@ -273,7 +278,9 @@ mod tests {
             [
                 "mount /t/dev on /rom/dev ()",
                 "run /sbin/mkfs.ext4 -F -q -L rootfs_data -U 5a5a5a5a-5a5a-4a5a-9a5a-5a5a5a5a5a5a -E hash_seed=5a5a5a5a-5a5a-4a5a-9a5a-5a5a5a5a5a5a /dev/vda2 (in /rom)",
-                "umount /rom/dev"
+                "umount /rom/dev",
+                // After mkfs: a cut before it formats again, the old file system never shows.
+                "clear reset mark /t/dev/vda2"
             ]
         );
     }
@@ -291,7 +298,10 @@ mod tests {
         // Chrooted in the target: a host's own mkfs is never what runs.
         assert_eq!(
             r.calls,
-            ["run /usr/sbin/mkfs.ext4 -F -q -L rootfs_data -U 5a5a5a5a-5a5a-4a5a-9a5a-5a5a5a5a5a5a -E hash_seed=5a5a5a5a-5a5a-4a5a-9a5a-5a5a5a5a5a5a /dev/vda2 (in /t)"]
+            [
+                "run /usr/sbin/mkfs.ext4 -F -q -L rootfs_data -U 5a5a5a5a-5a5a-4a5a-9a5a-5a5a5a5a5a5a -E hash_seed=5a5a5a5a-5a5a-4a5a-9a5a-5a5a5a5a5a5a /dev/vda2 (in /t)",
+                "clear reset mark /t/dev/vda2"
+            ]
         );
     }
 

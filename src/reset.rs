@@ -326,7 +326,7 @@ fn find_data(sys: &mut dyn crate::sys::Sys) -> Result<Option<PathBuf>, String> {
     last
 }
 
-fn mark_block(dev: &Path) -> Result<()> {
+pub fn mark_block(dev: &Path) -> Result<()> {
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new()
         .write(true)
@@ -335,6 +335,24 @@ fn mark_block(dev: &Path) -> Result<()> {
     f.write_all_at(&magic::BLOCK_RESET_MARK, 0)
         .and_then(|()| f.sync_all())
         .with_context(|| format!("write the reset mark on {}", dev.display()))
+}
+
+/// Zeroes ovl's block reset mark at offset 0 of `dev` if it is there; returns whether it was.
+/// The 16 bytes lie in the boot block, which ext4 does not use.
+pub fn clear_block_mark(dev: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev)?;
+    let mut head = [0u8; 16];
+    f.read_exact_at(&mut head, 0)?;
+    if head != magic::BLOCK_RESET_MARK {
+        return Ok(false);
+    }
+    f.write_all_at(&[0u8; 16], 0)?;
+    f.sync_all()?;
+    Ok(true)
 }
 
 fn confirm(yes: bool) -> Result<()> {
@@ -354,4 +372,29 @@ fn confirm(yes: bool) -> Result<()> {
         bail!("not confirmed: nothing was changed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_block_mark_is_cleared_only_where_it_is() {
+        let d = tempfile::tempdir().unwrap();
+        let dev = d.path().join("part");
+        let mut ext4 = vec![0u8; 4096];
+        ext4[0x438..0x43a].copy_from_slice(&[0x53, 0xef]);
+        std::fs::write(&dev, &ext4).unwrap();
+        mark_block(&dev).unwrap();
+        let head = std::fs::read(&dev).unwrap();
+        assert_eq!(magic::identify(&head), Content::ResetMark);
+        assert!(clear_block_mark(&dev).unwrap());
+        assert_eq!(std::fs::read(&dev).unwrap(), ext4);
+        // Not ours: left as it is.
+        let mut other = ext4.clone();
+        other[..4].copy_from_slice(&magic::DEADCODE);
+        std::fs::write(&dev, &other).unwrap();
+        assert!(!clear_block_mark(&dev).unwrap());
+        assert_eq!(std::fs::read(&dev).unwrap(), other);
+    }
 }

@@ -1334,7 +1334,12 @@ fn ext4_resets(board: &'static str, name: &str, mark_at: Option<u64>) {
     let st = g.status();
     assert_persistent(&st, "ext4", "format");
     assert_eq!(st["data"]["content"], "reset-mark", "{st}");
-    g.run("test ! -e /etc/again");
+    g.run("test ! -e /etc/again && echo kept > /etc/kept && sync");
+    g.poweroff();
+    // Formatted once: the mark went with the format.
+    let mut g = s.boot(5, &[]);
+    assert_persistent(&g.status(), "ext4", "mount");
+    assert!(g.run("cat /etc/kept").contains("kept"));
     g.poweroff();
 }
 

@@ -1100,7 +1100,7 @@ fn privileged_reset_from_failsafe_marks_ext4_and_the_next_boot_formats_it() {
     let head = std::fs::read(&data).unwrap();
     assert_eq!(&head[..16], b"\xde\xad\xc0\xdeovl-reset\0\0\0");
     let next = s.boot(Boot {
-        cmdline,
+        cmdline: cmdline.clone(),
         action: "cat /etc/old 2>&1",
         ..Boot::default()
     });
@@ -1109,6 +1109,29 @@ fn privileged_reset_from_failsafe_marks_ext4_and_the_next_boot_formats_it() {
     assert_eq!(st["data"]["content"], "reset-mark", "{st}");
     assert_eq!(st["data"]["action"], "format", "{st}");
     assert!(!next.action().contains("old\n"), "{}", next.action());
+    // Formatted once: the mark is gone and later boots mount and keep what they wrote.
+    assert_ne!(
+        &std::fs::read(&data).unwrap()[..16],
+        b"\xde\xad\xc0\xdeovl-reset\0\0\0"
+    );
+    let after = s.boot(Boot {
+        cmdline: cmdline.clone(),
+        action: "echo kept > /etc/kept",
+        ..Boot::default()
+    });
+    assert_eq!(
+        after.status()["data"]["action"],
+        "mount",
+        "{}",
+        after.stdout
+    );
+    let last = s.boot(Boot {
+        cmdline,
+        action: "cat /etc/kept",
+        ..Boot::default()
+    });
+    assert_eq!(last.status()["data"]["action"], "mount", "{}", last.stdout);
+    assert!(last.action().contains("kept"), "{}", last.action());
 }
 
 #[test]

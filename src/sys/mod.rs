@@ -200,6 +200,9 @@ pub trait Sys {
         overlay: &Path,
         want: &crate::overlay::Prepare,
     ) -> SysResult<crate::overlay::Prepared>;
+    /// Removes ovl's block reset mark from a partition just formatted, when mkfs left it
+    /// (mke2fs zeroes the boot sector, a board's mkfs may not): else every boot would format.
+    fn clear_reset_mark(&mut self, device: &Path) -> SysResult<()>;
 }
 
 /// The name of the file [`Sys::check_writable`] creates and removes.

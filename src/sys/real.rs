@@ -235,6 +235,17 @@ impl Sys for Real {
         })
     }
 
+    fn clear_reset_mark(&mut self, device: &Path) -> SysResult<()> {
+        crate::reset::clear_block_mark(device)
+            .map(|_| ())
+            .map_err(|e| {
+                SysError::msg(
+                    format!("clear the reset mark on {}", device.display()),
+                    e.to_string(),
+                )
+            })
+    }
+
     fn mtd_erase(&mut self, dev: &Path) -> SysResult<EraseReport> {
         crate::mtd::erase_all(dev)
             .map_err(|(what, e)| SysError::new(format!("erase {}: {what}", dev.display()), e))

@@ -115,6 +115,9 @@ impl Sys for Recorder {
             ..Default::default()
         })
     }
+    fn clear_reset_mark(&mut self, device: &Path) -> SysResult<()> {
+        self.call(format!("clear reset mark {}", device.display()))
+    }
     fn mtd_erase(&mut self, dev: &Path) -> SysResult<EraseReport> {
         self.call(format!("erase {}", dev.display()))?;
         Ok(EraseReport {
