@@ -79,11 +79,7 @@ fn step(sys: &mut dyn Sys, s: &Step, done: &mut Done) -> Result<(), SysError> {
         Step::Erase { char_dev } => {
             log::info!("erasing {char_dev} (reset marker found)");
             let r = sys.mtd_erase(Path::new(char_dev))?;
-            log::info!(
-                "erased {} blocks of {char_dev} (block 0 last), {}",
-                r.erased,
-                r.left_alone()
-            );
+            log::info!("{}", r.summary(char_dev));
             Ok(())
         }
         Step::SwitchRoot { new_root, old_root } => {

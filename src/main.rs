@@ -46,6 +46,7 @@ fn reset(a: ovl::cli::ResetArgs) -> ExitCode {
         yes: a.yes,
         reboot: a.reboot,
         keep: a.keep,
+        full_erase: a.full_erase,
         state: a.state,
         overlay: a.overlay,
         data: a.data,

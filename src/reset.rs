@@ -6,9 +6,11 @@
 //! the next boot empties the upper again before stacking it: nothing of the old state comes
 //! back. Overlay not mounted (tmpfs fallback, failsafe): this boot's tmpfs upper is emptied,
 //! and the writable partition, re-identified now, is
-//! - JFFS2 (or already marked): marked ([`crate::mtd::write_reset_mark`]) and erased through
-//!   the MTD layer, block 0 last, blocks that hold nothing skipped; a cut leaves the mark, and
-//!   preinit finishes the erase before it mounts anything;
+//! - JFFS2 (or already marked): marked, then reset through the MTD layer ([`crate::mtd::reset`]):
+//!   on NOR every old node is marked obsolete in place and JFFS2 erases those blocks itself
+//!   after the next mount, in the background; elsewhere every block is erased. Block 0 goes
+//!   last, blocks that hold nothing are skipped; a cut leaves the mark, and preinit finishes
+//!   the reset before it mounts anything;
 //! - ext4: given [`crate::probe::magic::BLOCK_RESET_MARK`]; the next boot formats it;
 //! - anything else: left byte for byte as it is, and the reset says so.
 
@@ -25,6 +27,8 @@ pub struct Opts {
     pub yes: bool,
     pub reboot: bool,
     pub keep: bool,
+    /// Erase every block now rather than obsolete the old nodes (see [`crate::mtd::reset`]).
+    pub full_erase: bool,
     pub state: Option<PathBuf>,
     pub overlay: PathBuf,
     pub data: Option<PathBuf>,
@@ -49,7 +53,7 @@ enum Partition {
 }
 
 /// The MTD partition behind /dev/mtdblockN, from /proc/mtd.
-fn mtd_part(dev: &Path) -> Option<crate::probe::mtd::MtdPart> {
+pub fn mtd_part(dev: &Path) -> Option<crate::probe::mtd::MtdPart> {
     let index: u32 = dev.to_str()?.strip_prefix("/dev/mtdblock")?.parse().ok()?;
     let text = std::fs::read_to_string("/proc/mtd").ok()?;
     crate::probe::mtd::parse_proc_mtd(&text)
@@ -184,12 +188,18 @@ pub fn run(o: &Opts) -> Result<()> {
         ));
         lines.push(match &partition {
             Partition::EraseMtd { char_dev, content } => format!(
-                "The writable partition {} ({}, not mounted) is erased now through {}, every \
-                 block that is not erased already.",
+                "The writable partition {} ({}, not mounted) is reset now through {}: {}",
                 data.as_deref()
                     .map_or("?".into(), |d| d.display().to_string()),
                 content.name(),
-                char_dev.display()
+                char_dev.display(),
+                if o.full_erase {
+                    "every block that is not erased already is erased (--full-erase)."
+                } else {
+                    "on NOR every old node is marked obsolete (JFFS2 erases those blocks after \
+                     the next mount, in the background) and block 0 is erased; other flash is \
+                     erased, every block that is not erased already."
+                }
             ),
             Partition::MarkBlock { dev } => format!(
                 "The writable partition {} (ext4, not mounted) is marked for reset: the next boot \
@@ -252,19 +262,14 @@ pub fn run(o: &Opts) -> Result<()> {
     match &partition {
         Partition::EraseMtd { char_dev, content } => {
             let t = Instant::now();
-            if *content == Content::Jffs2 {
-                crate::mtd::write_reset_mark(char_dev)
-                    .map_err(|(w, e)| anyhow!("{}: {w}: {}", char_dev.display(), e.desc()))?;
-            }
             println!("erasing {}", char_dev.display());
-            let r = crate::mtd::erase_all(char_dev)
-                .map_err(|(w, e)| anyhow!("erase {}: {w}: {}", char_dev.display(), e.desc()))?;
+            // The mark goes first unless one is there: from then on a cut is finished by preinit.
+            let r = crate::mtd::reset(char_dev, *content == Content::Jffs2, o.full_erase)
+                .map_err(|(w, e)| anyhow!("reset {}: {w}: {}", char_dev.display(), e.desc()))?;
             println!(
-                "erased {} blocks of {} in {:.2} s ({})",
-                r.erased,
-                char_dev.display(),
-                t.elapsed().as_secs_f64(),
-                r.left_alone()
+                "{} in {:.2} s",
+                r.summary(&char_dev.display().to_string()),
+                t.elapsed().as_secs_f64()
             );
         }
         Partition::MarkBlock { dev } => {

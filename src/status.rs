@@ -83,6 +83,9 @@ struct WaitingJson {
     reset: bool,
     /// An upgrade backup waits beside the upper.
     upgrade: bool,
+    /// Blocks of old nodes, obsoleted by a reset, that JFFS2 has still to erase (it does
+    /// so in the background); absent when the overlay is not JFFS2 on MTD.
+    erase_blocks: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -175,6 +178,8 @@ pub struct Status {
     pub reset_waiting: bool,
     /// An upgrade backup waits in /overlay.
     pub upgrade_waiting: bool,
+    /// The mounted JFFS2's blocks of obsolete old nodes not erased yet.
+    pub erase_waiting: Option<u32>,
 }
 
 impl Status {
@@ -238,6 +243,7 @@ impl Status {
             waiting: WaitingJson {
                 reset: self.reset_waiting,
                 upgrade: self.upgrade_waiting,
+                erase_blocks: self.erase_waiting,
             },
             init: &s.init,
             modules_loaded: s.modules_loaded,
@@ -358,6 +364,12 @@ impl Status {
                 "a reset: the next boot erases or formats the writable partition".into(),
             );
         }
+        if let Some(n @ 1..) = v.waiting.erase_blocks {
+            line(
+                "waiting:",
+                format!("{n} blocks of old nodes for JFFS2 to erase (in the background)"),
+            );
+        }
         if v.waiting.upgrade {
             line("waiting:", "an upgrade backup in /overlay".into());
         }
@@ -456,12 +468,27 @@ pub fn gather(state_path: Option<&Path>) -> anyhow::Result<Status> {
                 Ok(crate::probe::magic::Content::ResetMark | crate::probe::magic::Content::Marker)
             )
         });
+    let erase_waiting = if state.mode.as_str() == "persistent"
+        && state.data_fstype.as_deref() == Some("jffs2")
+    {
+        state
+            .data
+            .as_deref()
+            .and_then(|d| crate::reset::mtd_part(Path::new(d)))
+            .and_then(|p| {
+                crate::probe::jffs2::obsolete_first(Path::new(&p.char_dev()), p.size, p.erasesize)
+                    .ok()
+            })
+    } else {
+        None
+    };
     Ok(Status {
         state,
         mounts,
         overlay_space,
         first_boot,
         reset_waiting,
+        erase_waiting,
         upgrade_waiting: crate::overlay::upgrade_waiting(overlay),
     })
 }
@@ -506,6 +533,7 @@ mod tests {
             first_boot: Some(crate::overlay::FirstBoot::Ready),
             reset_waiting: false,
             upgrade_waiting: false,
+            erase_waiting: None,
         }
     }
 

@@ -191,6 +191,31 @@ pub fn census(dev: &Path, size: u64, erasesize: u32, head: &[u8]) -> Result<Cens
     Ok(c)
 }
 
+/// How many blocks begin with an obsolete node: after ovl's reset, the blocks of old nodes
+/// JFFS2 has not erased yet (JFFS2 itself begins every block it erases with a live clean
+/// marker). One 12-byte read per block.
+pub fn obsolete_first(dev: &Path, size: u64, erasesize: u32) -> Result<u32, String> {
+    let name = dev.display();
+    let step = u64::from(erasesize);
+    if step == 0 {
+        return Err(format!("{name}: erase size 0"));
+    }
+    let mut f = std::fs::File::open(dev).map_err(|e| format!("open {name}: {e}"))?;
+    let mut n = 0;
+    let mut h = [0u8; HEADER_LEN];
+    for i in 0..size / step {
+        let off = i * step;
+        f.seek(SeekFrom::Start(off))
+            .and_then(|_| f.read_exact(&mut h))
+            .map_err(|e| format!("read {name} at {off:#x}: {e}"))?;
+        let native = h.get(..2) == Some(MAGIC.to_ne_bytes().as_slice());
+        if native && node_header(&h, step).is_some_and(|t| t & NODE_ACCURATE == 0) {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 pub mod tests {
     use super::*;

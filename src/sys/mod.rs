@@ -130,7 +130,7 @@ mod tests {
     }
 }
 
-/// What an MTD erase did.
+/// What a reset of an MTD partition did (see [`crate::mtd::reset`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct EraseReport {
     /// Blocks erased now.
@@ -139,6 +139,11 @@ pub struct EraseReport {
     pub already_erased: u32,
     /// Bad blocks skipped.
     pub bad_blocks: u32,
+    /// Nodes marked obsolete in place (NOR): JFFS2 will not read them again.
+    pub obsoleted: u32,
+    /// Blocks left holding obsolete nodes only: JFFS2 erases them itself after it mounts,
+    /// in the background or when it needs the space.
+    pub pending: u32,
 }
 
 impl EraseReport {
@@ -148,6 +153,25 @@ impl EraseReport {
             "{} held nothing (erased, or a clean marker alone), {} bad skipped",
             self.already_erased, self.bad_blocks
         )
+    }
+
+    /// One line for the log and for `ovlctl reset`.
+    pub fn summary(&self, dev: &str) -> String {
+        if self.obsoleted > 0 || self.pending > 0 {
+            format!(
+                "{dev}: {} old nodes marked obsolete in {} blocks (JFFS2 erases those blocks after it mounts), {} blocks erased (block 0 last), {}",
+                self.obsoleted,
+                self.pending,
+                self.erased,
+                self.left_alone()
+            )
+        } else {
+            format!(
+                "erased {} blocks of {dev} (block 0 last), {}",
+                self.erased,
+                self.left_alone()
+            )
+        }
     }
 }
 
@@ -174,8 +198,8 @@ pub trait Sys {
     fn finit_module(&mut self, path: &Path, params: &str) -> SysResult<()>;
     /// Runs a program to completion (mkfs.ext4), chrooted into `root` when given.
     fn run(&mut self, root: Option<&Path>, argv: &[String]) -> SysResult<()>;
-    /// Erases a whole MTD partition through its character device, block 0 last, skipping bad
-    /// blocks and blocks already erased.
+    /// Resets a marked MTD partition through its character device ([`crate::mtd::reset`]):
+    /// every old node obsoleted on NOR, every block erased elsewhere; block 0 last.
     fn mtd_erase(&mut self, dev: &Path) -> SysResult<EraseReport>;
     /// Attaches `backing` from `offset` to a free loop device (auto-clearing) and names it.
     fn loop_attach(&mut self, backing: &Path, offset: u64) -> SysResult<PathBuf>;

@@ -247,7 +247,7 @@ impl Sys for Real {
     }
 
     fn mtd_erase(&mut self, dev: &Path) -> SysResult<EraseReport> {
-        crate::mtd::erase_all(dev)
+        crate::mtd::reset(dev, false, false)
             .map_err(|(what, e)| SysError::new(format!("erase {}: {what}", dev.display()), e))
     }
 

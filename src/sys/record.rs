@@ -122,8 +122,7 @@ impl Sys for Recorder {
         self.call(format!("erase {}", dev.display()))?;
         Ok(EraseReport {
             erased: 4,
-            already_erased: 0,
-            bad_blocks: 0,
+            ..EraseReport::default()
         })
     }
     fn loop_attach(&mut self, backing: &Path, offset: u64) -> SysResult<PathBuf> {
