@@ -127,6 +127,7 @@ build_board() {
     rm -f "$rom/sbin/init"
     install -m 755 "$HERE/rom/init" "$rom/sbin/init"
     install -m 644 "$HERE/rom/profile" "$rom/etc/profile"
+    install -m 755 "$HERE/rom/writer" "$rom/sbin/ovl-writer"
     install -m 644 "$REPO/board/$BOARD.json" "$rom/etc/ovl/board.json"
     mkdir -p "$rom/etc/firstboot.d"
     find "$REPO/firstboot" -maxdepth 1 -type f ! -name '*.md' -exec cp {} "$rom/etc/firstboot.d/" \;

@@ -593,7 +593,7 @@ fn nor_erase_cut(board: &'static str) {
         let mut g = Guest::start(&s, boot, &[]);
         g.wait_for_soon("preinit: erasing", BOOT_TIMEOUT);
         std::thread::sleep(delay);
-        let finished = g.text().contains("preinit: erased ");
+        let finished = g.text().contains("(block 0 last)");
         g.power_cut();
         let data = s.nor_data();
         let blank = data
@@ -1105,30 +1105,179 @@ fn failsafe_reset_erases(board: &'static str) {
     g.poweroff();
     let mut g = s.boot(2, &["--append", "ovl.failsafe"]);
     let out = g.run("ovlctl reset -y");
-    assert!(out.contains("is erased now through /dev/mtd"), "{out}");
+    assert!(out.contains("is reset now through /dev/mtd"), "{out}");
     assert!(
-        out.contains("erased ") && out.contains(" blocks of /dev/mtd"),
+        out.contains("old nodes marked obsolete in")
+            && out.contains("blocks erased (block 0 last)"),
         "{out}"
     );
     g.poweroff();
-    // Blocks that held only JFFS2's clean marker are left as they are: nothing old in them.
-    let data = s.nor_data();
-    for (i, b) in data.chunks(NOR_BLOCK as usize).enumerate() {
-        let rest = if b[..2] == [0x85, 0x19] && b[2..4] == [0x03, 0x20] {
-            &b[12..]
-        } else {
-            b
-        };
-        assert!(
-            rest.iter().all(|&x| x == 0xff),
-            "block {i} of rootfs_data still holds data"
-        );
-    }
-    assert!(data[..4] == [0xff; 4], "the reset mark was not erased");
+    assert_no_live_node(&s.nor_data());
     let mut g = s.boot(3, &[]);
     let st = g.status();
     assert_persistent(&st, "jffs2", "mount");
     g.run("test ! -e /etc/old && test -e /etc/banner");
+    g.poweroff();
+}
+
+/// After a reset of an unmounted JFFS2: no header anywhere in rootfs_data that JFFS2 could
+/// take for a live node (ovl's own superset of the kernel's scan), except the clean marker at
+/// the start of a block; block 0 erased; every block still JFFS2 or erased to preinit's
+/// probe; and at least one clean marker, without which JFFS2 would refuse to mount.
+fn assert_no_live_node(data: &[u8]) {
+    let mut markers = 0;
+    for (i, b) in data.chunks(NOR_BLOCK as usize).enumerate() {
+        for (off, _) in ovl::mtd::live_headers(b, 0) {
+            let marker = off == 0 && b[..12] == ovl::mtd::clean_marker();
+            assert!(marker, "block {i} of rootfs_data: a live node at {off:#x}");
+            markers += 1;
+        }
+        // And preinit still takes every block for JFFS2 (or erased), obsolete nodes and all.
+        let kind = ovl::probe::jffs2::classify(&b[..1024], NOR_BLOCK);
+        assert_ne!(
+            kind,
+            ovl::probe::jffs2::Block::Other,
+            "block {i}: {:02x?}",
+            &b[..16]
+        );
+    }
+    assert!(
+        data[..NOR_BLOCK as usize].iter().all(|&b| b == 0xff),
+        "block 0 (the reset mark) was not erased"
+    );
+    assert!(
+        markers > 0,
+        "no clean marker left: JFFS2 would not mount this"
+    );
+}
+
+/// The old state of the deferred-preparation scenarios: a partition nearly full of old nodes.
+fn nor_nearly_full(s: &Storage) {
+    let mut g = s.boot(1, &[]);
+    g.run(
+        "mkdir -p /root/old && echo old > /root/old/f && rm /etc/banner && \
+         dd if=/dev/urandom of=/root/old/big bs=64k count=600 2>/dev/null; sync",
+    );
+    g.poweroff();
+}
+
+#[test]
+fn nor_reset_does_not_wait_for_the_erase_and_loses_no_file_written_meanwhile() {
+    deferred_reset(NOR);
+}
+
+#[test]
+fn armv7_reset_does_not_wait_for_the_erase_and_loses_no_file_written_meanwhile() {
+    deferred_reset(ARMV7_NOR);
+}
+
+/// Power cuts at random points while JFFS2 erases the old blocks after a reset and the
+/// writer writes: the next boot is persistent, nothing old is back, and every file whose
+/// checksum line reached the flash is whole.
+#[test]
+fn nor_power_cuts_during_the_background_erase_lose_nothing_written() {
+    let s = Storage::new(NOR, "nor-deferred-cut");
+    nor_nearly_full(&s);
+    let mut g = s.boot(2, &["--append", "ovl.failsafe"]);
+    g.run("ovlctl reset -y");
+    g.poweroff();
+    let reset = std::fs::read(&s.path).unwrap();
+    let base = seed();
+    let (mut healthy, mut mixed) = (0, Vec::new());
+    for (n, seed) in (base..base + cuts()).enumerate() {
+        std::fs::write(&s.path, &reset).unwrap();
+        let mut rng = Rng(seed);
+        let boot = 3 + 2 * n as u32;
+        // JFFS2 is done with the old blocks about 3 s after init starts here.
+        let delay = Duration::from_millis(rng.next() % 3000);
+        let mut g = Guest::start(&s, boot, &["--append", "ovl-rom.writer"]);
+        g.wait_for_soon("ovl-rom: init running", BOOT_TIMEOUT);
+        std::thread::sleep(delay);
+        g.power_cut();
+        let what = format!("seed {seed}, cut {delay:?} after init started");
+        let mut g = s.boot(boot + 1, &[]);
+        let st = g.status();
+        let (_, sums) = g.sh(
+            "if [ -e /root/writer/sums ]; then md5sum -c /root/writer/sums >/tmp/c; \
+             grep -c ': OK$' /tmp/c; wc -l < /root/writer/sums; else echo 0; echo 0; fi",
+        );
+        let counts: Vec<u64> = sums.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        let old = g.sh("test -e /root/old").0 == 0 || g.sh("test -e /etc/banner").0 != 0;
+        println!("background erase cut: {what}: files checked/listed {counts:?}, old back: {old}");
+        if st["mode"] != "persistent" {
+            mixed.push(format!("{what}: not persistent: {st}"));
+        } else if old {
+            mixed.push(format!("{what}: the old state came back"));
+        } else if counts.len() == 2 && counts[0] == counts[1] {
+            healthy += 1;
+        } else {
+            mixed.push(format!(
+                "{what}: a file the writer finished is not whole: {counts:?}"
+            ));
+        }
+        g.poweroff();
+    }
+    report("background erase after a reset", healthy, &mixed);
+}
+
+/// A factory reset of a nearly full JFFS2 from failsafe, then a boot that writes files from
+/// the start of init (qemu-arm/rom/writer) while JFFS2 erases the old blocks, in the
+/// background and when a write needs the room, until none is left. Every file the writer
+/// finished is there after the reboot, and nothing old is.
+fn deferred_reset(board: &'static str) {
+    let s = Storage::new(board, &log_name(board, "deferred"));
+    nor_nearly_full(&s);
+    let mut g = s.boot(2, &["--append", "ovl.failsafe"]);
+    println!("{}", g.run("ovlctl reset -y"));
+    g.poweroff();
+    assert_no_live_node(&s.nor_data());
+    let mut g = s.boot(3, &["--append", "ovl-rom.writer"]);
+    let st = g.status();
+    assert_persistent(&st, "jffs2", "mount");
+    let pending_at_shell = st["waiting"]["erase_blocks"].as_u64().unwrap_or(u64::MAX);
+    let written_at_shell = g.run("wc -l < /root/writer/sums");
+    println!(
+        "at the shell: {pending_at_shell} blocks still to erase, files written: {written_at_shell}"
+    );
+    let start = Instant::now();
+    loop {
+        let st = g.status();
+        let pending = st["waiting"]["erase_blocks"].as_u64();
+        match pending {
+            Some(0) => break,
+            Some(_) => {}
+            None => g.fail(&format!("status does not count the blocks to erase: {st}")),
+        }
+        if start.elapsed() > CMD_TIMEOUT {
+            g.fail(&format!("JFFS2 still has {pending:?} blocks to erase"));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    println!(
+        "all old blocks erased {:?} after the shell",
+        start.elapsed()
+    );
+    g.run(
+        "touch /tmp/writer.stop; until dmesg | grep -q 'ovl-writer: stopped'; do sleep 0.2; done",
+    );
+    let written = g.run("dmesg | grep 'ovl-writer: stopped'");
+    println!("{written}");
+    let n: u64 = g
+        .run("wc -l < /root/writer/sums")
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .next_back()
+        .unwrap_or(0);
+    assert!(n > 10, "the writer wrote only {n} files");
+    g.poweroff();
+    let mut g = s.boot(4, &[]);
+    assert_persistent(&g.status(), "jffs2", "mount");
+    let out = g.run("cd /root/writer && md5sum -c sums | grep -c ': OK$'");
+    assert!(
+        out.contains(&format!("\n{n}")),
+        "not every file the writer wrote is whole: {out}"
+    );
+    g.run("test ! -e /root/old && test -e /etc/banner");
     g.poweroff();
 }
 
