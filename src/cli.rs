@@ -48,6 +48,12 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         state: Option<PathBuf>,
     },
+    /// Write a backup of the configuration the keep list names (/etc/sysupgrade.conf,
+    /// /lib/upgrade/keep.d/*): a gzip'd tar that GNU tar and busybox tar read.
+    Backup(BackupArgs),
+    /// Restore a backup (ours or a `tar czf` of etc/...): only what the keep list allows, all
+    /// of it or nothing; a hostile archive is refused before anything is written.
+    Restore(RestoreArgs),
     /// Check a board file and print what it says, or the first error with the key it is about.
     CheckBoard {
         /// The board file.
@@ -81,6 +87,61 @@ pub struct ResetArgs {
     /// the one preinit found, or in failsafe the one the command line and board name.
     #[arg(long, value_name = "DEV")]
     pub data: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct TreeArgs {
+    /// The tree to work on (a device's root, or an image being prepared).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BackupArgs {
+    /// Print what would be kept, one path a line, and write nothing.
+    #[arg(short = 'l', long)]
+    pub list: bool,
+    /// Write the archive here (`-`: standard output, the default).
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Also keep every path under /etc that differs from the ROM.
+    #[arg(short = 'c', long)]
+    pub changed_etc: bool,
+    /// Also keep everything in the upper that is not the ROM's unchanged.
+    #[arg(long)]
+    pub all: bool,
+    /// The upper read by --all.
+    #[arg(long, value_name = "DIR", default_value = "/overlay/upper")]
+    pub upper: PathBuf,
+    /// Leave out files identical to their copy in the ROM.
+    #[arg(short = 'u', long)]
+    pub skip_unchanged: bool,
+    #[command(flatten)]
+    pub tree: TreeArgs,
+    /// The ROM to compare with (default: <root>/rom).
+    #[arg(long, value_name = "DIR")]
+    pub rom: Option<PathBuf>,
+    /// Read this state file instead of /run/ovl/state.json.
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RestoreArgs {
+    /// The archive (`-`: standard input).
+    #[arg(required_unless_present = "recover")]
+    pub archive: Option<PathBuf>,
+    /// Only finish (or roll back) a restore that was cut off; preinit does this at boot.
+    #[arg(long, conflicts_with = "archive")]
+    pub recover: bool,
+    /// Also allow every path under /etc (for a backup made with -c).
+    #[arg(short = 'c', long)]
+    pub changed_etc: bool,
+    /// Allow every path but the run-time trees (for a backup made with --all).
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub tree: TreeArgs,
 }
 
 /// The reset under OpenWrt's names (`firstboot -y -r`, `factoryreset`, `jffs2reset`).

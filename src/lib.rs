@@ -15,11 +15,13 @@
 )]
 
 pub mod apply;
+pub mod backup;
 pub mod board;
 pub mod cli;
 pub mod cmdline;
 pub mod config;
 pub mod firstboot;
+pub mod keep;
 pub mod klog;
 pub mod loopdev;
 pub mod mtd;
@@ -28,6 +30,7 @@ pub mod plan;
 pub mod preinit;
 pub mod probe;
 pub mod reset;
+pub mod restore;
 pub mod state;
 pub mod status;
 pub mod sys;

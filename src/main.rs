@@ -60,6 +60,130 @@ fn reset(a: ovl::cli::ResetArgs) -> ExitCode {
     }
 }
 
+fn backup(a: ovl::cli::BackupArgs) -> ExitCode {
+    let upper = if a.tree.root == Path::new("/") {
+        a.upper
+    } else {
+        a.tree
+            .root
+            .join(a.upper.strip_prefix("/").unwrap_or(&a.upper))
+    };
+    let o = ovl::backup::Opts {
+        root: a.tree.root,
+        rom: a.rom,
+        extra: ovl::keep::Extra {
+            changed_etc: a.changed_etc,
+            upper: a.all.then_some(upper),
+            skip_unchanged: a.skip_unchanged,
+        },
+        output: a.output,
+        state: a.state,
+    };
+    if a.list {
+        return match ovl::backup::list(&o) {
+            Ok((paths, left_out)) => {
+                let mut out = std::io::stdout().lock();
+                for p in paths {
+                    let mut line = std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()).to_vec();
+                    line.insert(0, b'/');
+                    line.push(b'\n');
+                    if std::io::Write::write_all(&mut out, &line).is_err() {
+                        return ExitCode::from(2);
+                    }
+                }
+                for l in left_out {
+                    eprintln!("ovlctl: backup: /{l}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ovlctl: backup: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    match ovl::backup::run(&o) {
+        Ok(s) => {
+            for l in &s.left_out {
+                eprintln!("ovlctl: backup: /{l}");
+            }
+            eprintln!(
+                "ovlctl: backup: {} members, {} bytes{}",
+                s.members,
+                s.bytes,
+                o.output
+                    .as_ref()
+                    .filter(|p| p.as_os_str() != "-")
+                    .map_or(String::new(), |p| format!(" in {}", p.display()))
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ovlctl: backup: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn restore(a: ovl::cli::RestoreArgs) -> ExitCode {
+    let Some(archive) = a.archive.filter(|_| !a.recover) else {
+        return match ovl::restore::recover(&a.tree.root) {
+            Ok(r) => {
+                eprintln!(
+                    "ovlctl: restore: {}",
+                    match r {
+                        Some(true) => "finished a restore that was cut off",
+                        Some(false) => "rolled back a restore that was cut off",
+                        None => "no restore was cut off",
+                    }
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ovlctl: restore: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    };
+    let o = ovl::restore::Opts {
+        root: a.tree.root,
+        archive,
+        all_etc: a.changed_etc,
+        everything: a.all,
+    };
+    match ovl::restore::run(&o) {
+        Ok(s) => {
+            match s.recovered {
+                Some(true) => eprintln!("ovlctl: restore: finished a restore that was cut off"),
+                Some(false) => {
+                    eprintln!("ovlctl: restore: rolled back a restore that was cut off")
+                }
+                None => {}
+            }
+            if !s.skipped.is_empty() {
+                eprintln!(
+                    "ovlctl: restore: left out {} members the keep list does not allow: {}",
+                    s.skipped.len(),
+                    s.skipped.join(", ")
+                );
+            }
+            eprintln!(
+                "ovlctl: restore: {} paths restored into {}{}",
+                s.restored,
+                o.root.display(),
+                s.from.map_or(" (no manifest)".into(), |(b, r)| format!(
+                    " (backup of board {b}, ROM {r})"
+                ))
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ovlctl: restore: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let argv0 = std::env::args_os().next().unwrap_or_default();
     let name = Path::new(&argv0)
@@ -168,6 +292,14 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+        Command::Backup(a) => {
+            ovl::klog::init("ovlctl");
+            backup(a)
+        }
+        Command::Restore(a) => {
+            ovl::klog::init("ovlctl");
+            restore(a)
         }
         Command::CheckBoard { file } => {
             match ovl::board::Board::load(&file.display().to_string()) {
