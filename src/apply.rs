@@ -23,6 +23,8 @@ pub struct Done {
     pub undo: Vec<Undo>,
     /// What the first-boot record said and what was done about it.
     pub prepared: Option<crate::overlay::Prepared>,
+    /// What a person should know about this boot (published as the state's notes).
+    pub notes: Vec<String>,
 }
 
 impl Done {
@@ -56,6 +58,20 @@ fn step(sys: &mut dyn Sys, s: &Step, done: &mut Done) -> Result<(), SysError> {
             Ok(())
         }
         Step::CheckWritable { root, upper } => sys.check_writable(root, upper),
+        Step::FinishRestore { root } => {
+            let note = match sys.finish_restore(root) {
+                Ok(None) => return Ok(()),
+                Ok(Some(true)) => "a restore cut off by the last shutdown was finished".into(),
+                Ok(Some(false)) => "a restore cut off by the last shutdown was rolled back".into(),
+                Err(e) => format!(
+                    "a restore cut off by the last shutdown could not be finished ({e}); the next \
+                     boot tries again"
+                ),
+            };
+            log::warn!("{note}");
+            done.notes.push(note);
+            Ok(())
+        }
         Step::Prepare { overlay, want } => {
             let p = sys.prepare_overlay(overlay, want)?;
             if let Some(why) = p.cleared {
@@ -239,7 +255,7 @@ mod tests {
                     to: "/newroot/dev".into(),
                 },
             ],
-            prepared: None,
+            ..Done::default()
         };
         undo(&mut r, &mut done);
         assert_eq!(

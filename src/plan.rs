@@ -163,6 +163,11 @@ pub enum Step {
     Erase {
         char_dev: String,
     },
+    /// Finishes or rolls back a restore that a cut stopped (see [`crate::restore::recover`]),
+    /// before init reads any of it. Never fails the rung: the outcome is a note.
+    FinishRestore {
+        root: PathBuf,
+    },
     /// The first-boot record on the mounted writable partition: empties the upper when the
     /// overlay is pending, a reset was asked for, or it was made for another ROM.
     Prepare {
@@ -439,6 +444,7 @@ fn root_steps(l: &Layout) -> Vec<Step> {
             root: nr.clone(),
             upper: o.join("upper"),
         },
+        Step::FinishRestore { root: nr.clone() },
     ];
     // Mount points missing from the ROM are made in the new root now, while a failure (a full
     // upper) can still be undone and fall back to tmpfs.

@@ -395,8 +395,13 @@ fn attempt(sys: &mut dyn Sys, plan: &Plan, clock: &mut Clock) -> Result<(), SysE
         .map(|()| clock.lap("switch"));
     if r.is_err() {
         apply::undo(sys, &mut done);
-    } else if let Some(p) = done.prepared.take() {
-        record_prepared(&mut clock.state, &p);
+    } else {
+        if let Some(p) = done.prepared.take() {
+            record_prepared(&mut clock.state, &p);
+        }
+        for n in &done.notes {
+            clock.state.add_note(n);
+        }
     }
     r.map_err(explain)
 }

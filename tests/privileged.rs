@@ -1237,3 +1237,39 @@ fn privileged_an_overlay_made_for_another_rom_is_reset_or_kept() {
     );
     assert!(!reset.action().contains("one"), "{}", reset.action());
 }
+
+/// A restore cut on the device (here: stopped at a chosen step) is finished or rolled back by
+/// the next preinit before init runs, and the boot says which.
+#[test]
+fn privileged_a_cut_restore_is_finished_or_rolled_back_by_the_next_boot() {
+    let s = Scenario::new();
+    let data = s.ext4("data.img", 32);
+    let (rom, d) = (rom_loop(), Loop::new(&data, 0, None));
+    let cmdline = format!("ovl.rom={} ovl.data={}", rom.0, d.0);
+    // Steps: 1 journal made, 2-3 the two members staged, 4 before and 5 after the commit,
+    // 6 the first rename.
+    for (cut_at, want, note) in [("2", "old", "rolled back"), ("6", "new", "finished")] {
+        let action = format!(
+            "mkdir -p /etc/config; echo new > /etc/config/net; \
+             echo /etc/config > /etc/sysupgrade.conf; ovlctl backup -o /etc/b.tgz 2>&1; \
+             echo old > /etc/config/net; OVL_TEST_CUT_AT={cut_at} ovlctl restore /etc/b.tgz 2>&1; \
+             echo restore-exit=$?; ls -a /; ovlctl firstboot"
+        );
+        let cut = s.boot(Boot {
+            cmdline: cmdline.clone(),
+            action: &action,
+            ..Boot::default()
+        });
+        assert!(cut.action().contains("restore-exit=99"), "{}", cut.action());
+        assert!(cut.action().contains(".ovl-restore"), "{}", cut.action());
+        let next = s.boot(Boot {
+            cmdline: cmdline.clone(),
+            action: "cat /etc/config/net; ls -a /",
+            ..Boot::default()
+        });
+        let st = next.status();
+        assert!(st["notes"].to_string().contains(note), "{st}");
+        assert!(next.action().starts_with(want), "{}", next.action());
+        assert!(!next.action().contains(".ovl-restore"), "{}", next.action());
+    }
+}

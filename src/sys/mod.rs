@@ -217,6 +217,9 @@ pub trait Sys {
     /// in it (and is removed again). The error says read-only or full (ENOSPC, EDQUOT).
     /// `upper` is the upper directory, whose file system says whether a failure means full.
     fn check_writable(&mut self, dir: &Path, upper: &Path) -> SysResult<()>;
+    /// Finishes or rolls back a restore cut off in the tree at `root`: Some(true) finished,
+    /// Some(false) rolled back, None when none was.
+    fn finish_restore(&mut self, root: &Path) -> SysResult<Option<bool>>;
     /// The boot-time first-boot transaction on the writable partition mounted at `overlay`
     /// (see [`crate::overlay::prepare`]).
     fn prepare_overlay(

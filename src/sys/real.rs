@@ -316,6 +316,15 @@ impl Sys for Real {
         std::thread::sleep(d);
     }
 
+    fn finish_restore(&mut self, root: &Path) -> SysResult<Option<bool>> {
+        crate::restore::recover(root).map_err(|e| {
+            SysError::msg(
+                format!("finish the restore in {}", root.display()),
+                format!("{e:#}"),
+            )
+        })
+    }
+
     fn check_writable(&mut self, dir: &Path, upper: &Path) -> SysResult<()> {
         use nix::sys::statvfs::{statvfs, FsFlags};
         let what = format!("check that {} is writable", dir.display());

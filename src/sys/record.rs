@@ -150,6 +150,11 @@ impl Sys for Recorder {
     fn sleep(&mut self, d: std::time::Duration) {
         let _ = self.call(format!("sleep {}ms", d.as_millis()));
     }
+    fn finish_restore(&mut self, root: &Path) -> SysResult<Option<bool>> {
+        self.call(format!("finish restore {}", root.display()))
+            .map(|()| None)
+    }
+
     fn check_writable(&mut self, dir: &Path, _upper: &Path) -> SysResult<()> {
         self.call(format!("check writable {}", dir.display()))
     }
