@@ -826,7 +826,9 @@ fn stage(root: &Path, f: &std::fs::File, members: &[Member], fates: &[Fate]) -> 
 }
 
 fn set_mtime(at: &Path, mtime: u64) -> Result<()> {
-    let t = nix::sys::time::TimeSpec::new(i64::try_from(mtime).unwrap_or(0), 0);
+    // time_t is 32 bits on armv7 glibc: clamp rather than wrap.
+    let secs = nix::libc::time_t::try_from(mtime).unwrap_or(nix::libc::time_t::MAX);
+    let t = nix::sys::time::TimeSpec::new(secs, 0);
     nix::sys::stat::utimensat(
         nix::fcntl::AT_FDCWD,
         at,
