@@ -93,7 +93,7 @@ def status_of(text):
     return json.loads(line[line.index("{"):])
 
 
-NOR_PARTS = "cmdlinepart.mtdparts=0.flash:64m(bank0)ro,16m(rootfs)ro,{}(rootfs_data)"
+NOR_PARTS = "cmdlinepart.mtdparts=0.flash:64m(bank0)ro,16m(rootfs),{}(rootfs_data)"
 
 
 def shell_ready(text):

@@ -8,8 +8,9 @@ DEFAULT_BOARD=qemu-aarch64-nor
 # shows as one MTD "0.flash"; we only give bank 1 (bank 0 with -kernel is taken as firmware and
 # hangs the guest).
 # Its first 16 MiB are the ROM, the other 48 MiB rootfs_data, as /proc/mtd shows on a router.
-NOR_MTDPARTS="0.flash:64m(bank0)ro,16m(rootfs)ro,-(rootfs_data)"
-NOR_MTDPARTS_NO_DATA="0.flash:64m(bank0)ro,16m(rootfs)ro"
+# rootfs is writable, as on a router: sysupgrade writes the new ROM there.
+NOR_MTDPARTS="0.flash:64m(bank0)ro,16m(rootfs),-(rootfs_data)"
+NOR_MTDPARTS_NO_DATA="0.flash:64m(bank0)ro,16m(rootfs)"
 NOR_ROM_MIB=16
 NOR_BANK_MIB=64
 # GPT disk: 1 MiB of table, the ROM partition, the data partition, room for the backup table.

@@ -7,6 +7,8 @@
 #   --append WORDS  more kernel command line (ovl.failsafe, ovl.volatile, ...)
 #   --no-data       the board without its writable partition (NOR: mtdparts without it)
 #   --initrd FILE   another initramfs (the benchmark's busybox baseline)
+#   --disk FILE     a second, read-only disk (virtio-blk): /dev/vdb on x86, /dev/vda on NOR
+#                   boards once the ROM's virtio modules are loaded (an upgrade stick)
 set -euo pipefail
 HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd -- "$HERE/.." && pwd)
@@ -17,7 +19,7 @@ OVL_STEP=boot
 
 board_vars "${1:-$DEFAULT_BOARD}" || exit 2
 [ $# -gt 0 ] && shift
-storage="" extra="" no_data=0 mem=256 initrd=""
+storage="" extra="" no_data=0 mem=256 initrd="" disk=""
 while [ $# -gt 0 ]; do
     case $1 in
     --storage) storage=$2; shift 2 ;;
@@ -25,6 +27,7 @@ while [ $# -gt 0 ]; do
     --no-data) no_data=1; shift ;;
     --memory) mem=$2; shift 2 ;;
     --initrd) initrd=$2; shift 2 ;;
+    --disk) disk=$2; shift 2 ;;
     *) die "unknown option $1" ;;
     esac
 done
@@ -51,6 +54,11 @@ gpt | combined)
         -device "virtio-blk-pci,drive=disk0,serial=ovl-disk")
     ;;
 esac
+if [ -n "$disk" ]; then
+    dev=virtio-blk-pci
+    [ "$STORAGE" = nor ] && dev=virtio-blk-device
+    drive+=(-drive "if=none,id=disk1,format=raw,readonly=on,file=$disk" -device "$dev,drive=disk1")
+fi
 # shellcheck disable=SC2086
 exec $QEMU $QEMU_MACHINE -m "$mem" -nographic -no-reboot \
     -kernel "$img/kernel" -initrd "$initrd" \

@@ -4,7 +4,9 @@
 #   architecture, the ROM (squashfs: busybox, ovl, the firstboot scripts, mkfs.ext4 where the
 #   board formats ext4, an init that gives a shell), the initramfs (ovl as /init, the board
 #   file, the modules) and the pristine flash or disk image.
-# Output: $CACHE/images/BOARD/{initramfs.cpio.gz, rom.sqfs, storage.img, kernel, env}.
+# Output: $CACHE/images/BOARD/{initramfs.cpio.gz, rom.sqfs, sysupgrade.img, storage.img,
+# kernel, env}. The ROM's version is $OVL_IMAGE_VERSION (default: git describe), its compat
+# version $OVL_IMAGE_COMPAT (default 1.0).
 # Prints a line per step. Needs root (apt-get, mknod for /dev/console).
 set -Eeuo pipefail
 HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
@@ -14,6 +16,9 @@ OVL_STEP=build
 . "$REPO/scripts/lib.sh"
 . "$HERE/boards.sh"
 trap 'say "failed at line $LINENO: $BASH_COMMAND"' ERR
+
+IMAGE_VERSION=${OVL_IMAGE_VERSION:-$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo dev)}
+IMAGE_COMPAT=${OVL_IMAGE_COMPAT:-1.0}
 
 need_root
 [ $# -gt 0 ] || set -- "$DEFAULT_BOARD"
@@ -132,6 +137,15 @@ build_board() {
     mkdir -p "$rom/etc/firstboot.d"
     find "$REPO/firstboot" -maxdepth 1 -type f ! -name '*.md' -exec cp {} "$rom/etc/firstboot.d/" \;
     echo "ovl $BOARD" > "$rom/etc/banner"
+    # What sysupgrade compares a new image with (see README, "Upgrade").
+    printf 'version %s\ncompat %s\n' "$IMAGE_VERSION" "$IMAGE_COMPAT" > "$rom/etc/ovl/release"
+    if [ "$STORAGE" = nor ]; then
+        # Not needed to boot: they let the board read an upgrade image from a second disk.
+        mkdir -p "$rom/lib/modules/$release"
+        for m in virtio_mmio virtio_blk; do
+            [ -f "$kdir/modules/$m.ko" ] && cp "$kdir/modules/$m.ko" "$rom/lib/modules/$release/"
+        done
+    fi
     printf 'root:x:0:0:root:/root:/bin/sh\n' > "$rom/etc/passwd"
     printf 'root:x:0:\n' > "$rom/etc/group"
     if [ "$STORAGE" != nor ]; then
@@ -142,6 +156,9 @@ build_board() {
         cp /etc/mke2fs.conf "$rom/etc/"
     fi
     mksquashfs "$rom" "$out/rom.sqfs" -noappend -quiet -all-root -comp xz -b 256K >/dev/null
+    say "[$BOARD] sysupgrade image (version $IMAGE_VERSION, compat $IMAGE_COMPAT)"
+    (cd "$REPO" && cargo run --quiet --bin ovl -- mkimage -b "$BOARD" --release "$IMAGE_VERSION" \
+        --compat "$IMAGE_COMPAT" "$out/rom.sqfs" "$out/sysupgrade.img")
 
     say "[$BOARD] initramfs (ovl as /init, board file, modules)"
     local ird=$work/initramfs mods

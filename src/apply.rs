@@ -72,6 +72,37 @@ fn step(sys: &mut dyn Sys, s: &Step, done: &mut Done) -> Result<(), SysError> {
             done.notes.push(note);
             Ok(())
         }
+        Step::RestoreKept { root, overlay } => {
+            let Some(p) = done.prepared.as_mut() else {
+                return Ok(());
+            };
+            let Some(kept) = p.upgrade.clone() else {
+                return Ok(());
+            };
+            let note = match (&kept.archive, sys.restore_kept(root, overlay, &kept)) {
+                (None, _) => {
+                    p.upgrade_result = Some("fresh");
+                    "upgrade: a fresh overlay, nothing kept (sysupgrade -n)".to_string()
+                }
+                (Some(_), Ok(n)) => {
+                    p.upgrade_result = Some("restored");
+                    format!(
+                        "upgrade: {n} paths of the kept configuration restored from {}",
+                        kept.file
+                    )
+                }
+                (Some(_), Err(e)) => {
+                    p.upgrade_result = Some("refused");
+                    format!(
+                        "upgrade: the kept configuration was not restored ({e}); the ROM's \
+                         defaults are used"
+                    )
+                }
+            };
+            log::warn!("{note}");
+            done.notes.push(note);
+            Ok(())
+        }
         Step::Prepare { overlay, want } => {
             let p = sys.prepare_overlay(overlay, want)?;
             if let Some(why) = p.cleared {

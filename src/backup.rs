@@ -114,7 +114,7 @@ pub fn run(o: &Opts) -> Result<Summary> {
 }
 
 /// The board and ROM of the running system, from the state file ("-" when not known).
-fn identity(o: &Opts) -> (String, String) {
+pub fn identity(o: &Opts) -> (String, String) {
     if o.root != Path::new("/") {
         return ("-".into(), "-".into());
     }

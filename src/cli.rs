@@ -54,6 +54,30 @@ pub enum Command {
     /// Restore a backup (ours or a `tar czf` of etc/...): only what the keep list allows, all
     /// of it or nothing; a hostile archive is refused before anything is written.
     Restore(RestoreArgs),
+    /// Write a new ROM image (checked first), keeping the configuration for the next boot:
+    /// OpenWrt's sysupgrade. Reboots when done. Also what the binary does when called
+    /// `sysupgrade` (then -b FILE, -r FILE and -l are backup, restore and backup --list).
+    Sysupgrade(SysupgradeArgs),
+    /// Only the keeping part of sysupgrade: the configuration is kept on the writable
+    /// partition and the next boot starts a fresh overlay with it restored (for a flash step
+    /// that something else performs).
+    SysupgradeKeep(KeepArgs),
+    /// Make a sysupgrade image from a squashfs ROM (for image builders; see README).
+    Mkimage {
+        /// The squashfs ROM.
+        rom: PathBuf,
+        /// The image to write.
+        output: PathBuf,
+        /// A board the image is for (repeat for several).
+        #[arg(short = 'b', long = "board", value_name = "NAME", required = true)]
+        boards: Vec<String>,
+        /// The image's version (one line of text).
+        #[arg(long = "release", value_name = "VERSION")]
+        release: String,
+        /// The compatibility version, MAJOR.MINOR: another major refuses a kept configuration.
+        #[arg(long, value_name = "MAJOR.MINOR", default_value = "1.0")]
+        compat: String,
+    },
     /// Check a board file and print what it says, or the first error with the key it is about.
     CheckBoard {
         /// The board file.
@@ -69,7 +93,8 @@ pub struct ResetArgs {
     /// Sync and reboot when done.
     #[arg(short = 'r', long)]
     pub reboot: bool,
-    /// Keep a waiting upgrade backup (/overlay/sysupgrade.tgz).
+    /// Keep a configuration waiting for an upgrade's first boot (/overlay/.ovl-keep, or
+    /// OpenWrt's /overlay/sysupgrade.tgz).
     #[arg(short = 'k', long)]
     pub keep: bool,
     /// Unmounted JFFS2 on NOR: erase every block now instead of marking the old nodes
@@ -142,6 +167,79 @@ pub struct RestoreArgs {
     pub all: bool,
     #[command(flatten)]
     pub tree: TreeArgs,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct KeepArgs {
+    /// Keep nothing: the next boot starts from the new ROM's defaults, on a fresh overlay.
+    #[arg(short = 'n')]
+    pub nothing: bool,
+    /// Also keep every path under /etc that differs from the ROM.
+    #[arg(short = 'c')]
+    pub changed_etc: bool,
+    /// Also keep everything in the upper that is not the ROM's unchanged.
+    #[arg(short = 'o')]
+    pub all: bool,
+    /// Leave out files identical to their copy in the ROM.
+    #[arg(short = 'u')]
+    pub skip_unchanged: bool,
+    /// Keep this archive (a backup) instead of making one from the keep list.
+    #[arg(short = 'f', value_name = "TGZ", conflicts_with = "nothing")]
+    pub archive: Option<PathBuf>,
+    /// The running system's root.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+    /// Where the writable partition is mounted.
+    #[arg(long, value_name = "DIR", default_value = "/overlay")]
+    pub overlay: PathBuf,
+    /// Read this state file instead of /run/ovl/state.json.
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SysupgradeArgs {
+    #[command(flatten)]
+    pub keep: KeepArgs,
+    /// OpenWrt's "keep the installed package list": ovl images have no package manager, so
+    /// there is no list; accepted for OpenWrt's scripts and adds nothing.
+    #[arg(short = 'k')]
+    pub packages: bool,
+    /// Check the image against this device and stop: nothing is written.
+    #[arg(short = 'T')]
+    pub test: bool,
+    /// Write an image for another board, or of another compat major with -n. Never a
+    /// damaged image (bad CRC) nor one larger than the ROM partition.
+    #[arg(short = 'F')]
+    pub force: bool,
+    /// The ROM partition to write; by default the one preinit booted from.
+    #[arg(long, value_name = "DEV")]
+    pub rom_dev: Option<PathBuf>,
+    /// Do not reboot after writing.
+    #[arg(long)]
+    pub no_reboot: bool,
+    /// The sysupgrade image (`-`: standard input).
+    pub image: Option<PathBuf>,
+}
+
+/// sysupgrade under its OpenWrt name: -b, -r and -l as well as the upgrade itself.
+#[derive(Parser, Debug)]
+#[command(
+    name = "sysupgrade",
+    about = "Write a new ROM and keep the configuration (ovlctl sysupgrade); -b/-r/-l: backup, restore, list"
+)]
+pub struct SysupgradeAlias {
+    /// Write a backup of the kept configuration to FILE (`-`: standard output).
+    #[arg(short = 'b', value_name = "FILE", conflicts_with_all = ["restore", "list"])]
+    pub backup: Option<PathBuf>,
+    /// Restore a backup from FILE (`-`: standard input).
+    #[arg(short = 'r', value_name = "FILE", conflicts_with = "list")]
+    pub restore: Option<PathBuf>,
+    /// List what would be kept.
+    #[arg(short = 'l')]
+    pub list: bool,
+    #[command(flatten)]
+    pub args: SysupgradeArgs,
 }
 
 /// The reset under OpenWrt's names (`firstboot -y -r`, `factoryreset`, `jffs2reset`).

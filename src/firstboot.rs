@@ -17,6 +17,9 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 pub const SCRIPT_DIR: &str = "/etc/firstboot.d";
+/// Set to `1` for the scripts when this boot restored a configuration kept by an upgrade,
+/// so that they leave restored settings alone (OpenWrt's scripts overwrite them: PR #15341).
+pub const RESTORED_ENV: &str = "OVL_RESTORED";
 
 #[derive(Debug, Clone)]
 pub struct Opts {
@@ -58,9 +61,17 @@ pub fn scripts(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Runs one script with its stdout and stderr on one pipe; returns its exit code.
-fn run_script(path: &Path, name: &str, kmsg: &mut Option<std::fs::File>) -> Result<i32> {
+fn run_script(
+    path: &Path,
+    name: &str,
+    restored: bool,
+    kmsg: &mut Option<std::fs::File>,
+) -> Result<i32> {
     let (mut r, w) = std::io::pipe().context("pipe")?;
     let mut cmd = std::process::Command::new("/bin/sh");
+    if restored {
+        cmd.env(RESTORED_ENV, "1");
+    }
     cmd.arg(path)
         .stdin(std::process::Stdio::null())
         .stdout(w.try_clone().context("pipe")?)
@@ -86,12 +97,16 @@ pub fn run(o: &Opts) -> Result<Summary> {
         .ok();
     let mut sum = Summary::default();
     let start = std::time::Instant::now();
+    let state = crate::status::read_state(o.state.as_deref()).ok();
+    let restored = state
+        .as_ref()
+        .is_some_and(|s| s.upgrade.as_deref() == Some("restored"));
     for path in scripts(&o.dir)? {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let code = match run_script(&path, &name, &mut kmsg) {
+        let code = match run_script(&path, &name, restored, &mut kmsg) {
             Ok(c) => c,
             Err(e) => {
                 say(&mut kmsg, 3, &format!("{name}: {e:#}"));
@@ -112,8 +127,7 @@ pub fn run(o: &Opts) -> Result<Summary> {
             sum.failed.push(name);
         }
     }
-    let persistent = crate::status::read_state(o.state.as_deref())
-        .is_ok_and(|s| s.mode.as_str() == "persistent");
+    let persistent = state.is_some_and(|s| s.mode.as_str() == "persistent");
     if persistent {
         if let Some(rec) = crate::overlay::read(&o.overlay)? {
             if rec.first_boot == crate::overlay::FirstBoot::Pending {
@@ -121,6 +135,15 @@ pub fn run(o: &Opts) -> Result<Summary> {
                 nix::unistd::sync();
                 crate::overlay::set_ready(&o.overlay)?;
                 sum.completed = true;
+                // Only now: until the first boot completed, a cut restores it again. A cut
+                // before this removal leaves a leftover the next boot removes unused.
+                if crate::upgrade::discard(&o.overlay)? {
+                    say(
+                        &mut kmsg,
+                        6,
+                        "the configuration kept by the upgrade is removed",
+                    );
+                }
                 say(
                     &mut kmsg,
                     6,

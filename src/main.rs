@@ -184,6 +184,99 @@ fn restore(a: ovl::cli::RestoreArgs) -> ExitCode {
     }
 }
 
+fn keep_opts(k: ovl::cli::KeepArgs) -> ovl::upgrade::KeepOpts {
+    ovl::upgrade::KeepOpts {
+        nothing: k.nothing,
+        changed_etc: k.changed_etc,
+        all: k.all,
+        skip_unchanged: k.skip_unchanged,
+        archive: k.archive,
+        root: k.root,
+        overlay: k.overlay,
+        state: k.state,
+    }
+}
+
+fn sysupgrade(a: ovl::cli::SysupgradeArgs) -> ExitCode {
+    let Some(image) = a.image else {
+        eprintln!("ovlctl: sysupgrade: no image given (try --help)");
+        return ExitCode::from(2);
+    };
+    if a.packages {
+        eprintln!("ovlctl: sysupgrade: -k: this image has no package list to keep; ignored");
+    }
+    let o = ovl::upgrade::Opts {
+        image,
+        keep: keep_opts(a.keep),
+        test_only: a.test,
+        force: a.force,
+        rom_dev: a.rom_dev,
+        no_reboot: a.no_reboot,
+    };
+    match ovl::upgrade::run(&o) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ovlctl: sysupgrade: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `sysupgrade` as argv[0]: OpenWrt's -b/-r/-l go to backup, restore and backup --list.
+fn sysupgrade_alias(a: ovl::cli::SysupgradeAlias) -> ExitCode {
+    let k = &a.args.keep;
+    if a.list || a.backup.is_some() {
+        return backup(ovl::cli::BackupArgs {
+            list: a.list,
+            output: a.backup.clone(),
+            changed_etc: k.changed_etc,
+            all: k.all,
+            upper: k.overlay.join("upper"),
+            skip_unchanged: k.skip_unchanged,
+            tree: ovl::cli::TreeArgs {
+                root: k.root.clone(),
+            },
+            rom: None,
+            state: k.state.clone(),
+        });
+    }
+    if let Some(archive) = a.restore {
+        return restore(ovl::cli::RestoreArgs {
+            archive: Some(archive),
+            recover: false,
+            changed_etc: k.changed_etc,
+            all: k.all,
+            tree: ovl::cli::TreeArgs {
+                root: k.root.clone(),
+            },
+        });
+    }
+    sysupgrade(a.args)
+}
+
+fn mkimage(rom: &Path, out: &Path, boards: &[String], release: &str, compat: &str) -> ExitCode {
+    let r = (|| -> anyhow::Result<usize> {
+        use anyhow::Context;
+        let Some(compat) = ovl::image::parse_compat(compat) else {
+            anyhow::bail!("--compat {compat}: not MAJOR.MINOR");
+        };
+        let bytes = std::fs::read(rom).with_context(|| format!("read {}", rom.display()))?;
+        let img = ovl::image::build(&bytes, boards, release, compat)?;
+        std::fs::write(out, &img).with_context(|| format!("write {}", out.display()))?;
+        Ok(img.len())
+    })();
+    match r {
+        Ok(n) => {
+            eprintln!("ovlctl: mkimage: {} ({n} bytes)", out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ovlctl: mkimage: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let argv0 = std::env::args_os().next().unwrap_or_default();
     let name = Path::new(&argv0)
@@ -217,6 +310,10 @@ fn main() -> ExitCode {
         ovl::klog::init("ovlctl");
         let a = ovl::cli::ResetAlias::parse();
         return reset(a.args);
+    }
+    if name == "sysupgrade" {
+        ovl::klog::init("ovlctl");
+        return sysupgrade_alias(ovl::cli::SysupgradeAlias::parse());
     }
     let cli = Cli::parse();
     match cli.command {
@@ -301,6 +398,27 @@ fn main() -> ExitCode {
             ovl::klog::init("ovlctl");
             restore(a)
         }
+        Command::Sysupgrade(a) => {
+            ovl::klog::init("ovlctl");
+            sysupgrade(a)
+        }
+        Command::SysupgradeKeep(k) => {
+            ovl::klog::init("ovlctl");
+            match ovl::upgrade::keep_only(&keep_opts(k)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ovlctl: sysupgrade-keep: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Mkimage {
+            rom,
+            output,
+            boards,
+            release,
+            compat,
+        } => mkimage(&rom, &output, &boards, &release, &compat),
         Command::CheckBoard { file } => {
             match ovl::board::Board::load(&file.display().to_string()) {
                 Ok(b) => {

@@ -365,6 +365,80 @@ fn open(dev: &Path) -> Result<Device, (String, Errno)> {
     Ok(Device { file, info })
 }
 
+/// Writes a ROM image to an MTD partition: each good block erased, programmed, read back
+/// and compared; bad blocks skipped (the image goes on in the next good block, as OpenWrt's
+/// `mtd write` does).
+pub struct Writer {
+    dev: Device,
+    path: std::path::PathBuf,
+}
+
+impl Writer {
+    pub fn open(path: &Path) -> anyhow::Result<Writer> {
+        let dev = open(path)
+            .map_err(|(what, e)| anyhow::anyhow!("{}: {what}: {}", path.display(), e.desc()))?;
+        Ok(Writer {
+            dev,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn err(&self, (what, e): (String, Errno)) -> anyhow::Error {
+        anyhow::anyhow!("{}: {what}: {}", self.path.display(), e.desc())
+    }
+
+    pub fn good_bytes(&mut self) -> anyhow::Result<u64> {
+        let mut n = 0u64;
+        for b in 0..self.dev.count() {
+            if !self.dev.is_bad(b).map_err(|e| self.err(e))? {
+                n += u64::from(self.dev.block_len());
+            }
+        }
+        Ok(n)
+    }
+
+    pub fn write_verify(
+        &mut self,
+        data: &[u8],
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> anyhow::Result<()> {
+        let len = self.dev.block_len() as usize;
+        let total = data.len() as u64;
+        let mut chunks = data.chunks(len).peekable();
+        let mut done = 0u64;
+        let mut back = vec![0u8; len];
+        for b in 0..self.dev.count() {
+            let Some(chunk) = chunks.peek().copied() else {
+                break;
+            };
+            if self.dev.is_bad(b).map_err(|e| self.err(e))? {
+                log::warn!("{}: block {b} is bad; skipped", self.path.display());
+                continue;
+            }
+            self.dev.erase(b).map_err(|e| self.err(e))?;
+            self.dev.program(b, 0, chunk).map_err(|e| self.err(e))?;
+            self.dev.read(b, &mut back).map_err(|e| self.err(e))?;
+            if back.get(..chunk.len()) != Some(chunk) {
+                anyhow::bail!(
+                    "{}: block {b} reads back different from what was written",
+                    self.path.display()
+                );
+            }
+            chunks.next();
+            done += chunk.len() as u64;
+            progress(done, total);
+        }
+        if chunks.peek().is_some() {
+            anyhow::bail!(
+                "{}: {} of {total} bytes written, no good block left for the rest",
+                self.path.display(),
+                done
+            );
+        }
+        Ok(())
+    }
+}
+
 /// MTD_NORFLASH that programs single bits (MTD_BIT_WRITEABLE) a byte at a time: where a node
 /// type can be rewritten in place. NAND, and NOR with ECC write units, cannot.
 fn can_obsolete(info: &MtdInfoUser) -> bool {

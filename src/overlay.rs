@@ -146,15 +146,36 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// the 64 KiB before its end. Two builds of different content differ in all of these.
 pub fn rom_identity(dev: &Path) -> io::Result<String> {
     use std::os::unix::fs::FileExt;
-    const SPAN: u64 = 64 * 1024;
     let f = std::fs::File::open(dev).map_err(ctx(format!("open {}", dev.display())))?;
+    identity_with(&dev.display().to_string(), |buf, at| {
+        f.read_exact_at(buf, at)
+    })
+}
+
+/// [`rom_identity`] of a squashfs image in memory: what a ROM will be called once written.
+pub fn rom_identity_of(img: &[u8]) -> io::Result<String> {
+    identity_with("the image", |buf, at| {
+        let start = usize::try_from(at).unwrap_or(usize::MAX);
+        let src = start
+            .checked_add(buf.len())
+            .and_then(|end| img.get(start..end))
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    })
+}
+
+fn identity_with(
+    name: &str,
+    read_at: impl Fn(&mut [u8], u64) -> io::Result<()>,
+) -> io::Result<String> {
+    const SPAN: u64 = 64 * 1024;
     let mut sb = [0u8; 96];
-    f.read_exact_at(&mut sb, 0)
-        .map_err(ctx(format!("read the superblock of {}", dev.display())))?;
+    read_at(&mut sb, 0).map_err(ctx(format!("read the superblock of {name}")))?;
     if sb.get(..4) != Some(b"hsqs".as_slice()) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("{} is not squashfs", dev.display()),
+            format!("{name} is not squashfs"),
         ));
     }
     let used = sb
@@ -168,8 +189,7 @@ pub fn rom_identity(dev: &Path) -> io::Result<String> {
     let tail_at = used.saturating_sub(SPAN).max(head);
     for (at, len) in [(0, head), (tail_at, used - tail_at)] {
         let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
-        f.read_exact_at(&mut buf, at)
-            .map_err(ctx(format!("read {} at {at:#x}", dev.display())))?;
+        read_at(&mut buf, at).map_err(ctx(format!("read {name} at {at:#x}")))?;
         h.update(&buf);
     }
     Ok(format!("sqfs-{used:x}-{:08x}", h.finalize()))
@@ -289,7 +309,9 @@ fn clear_at(
 
 /// Whether an upgrade backup waits beside the upper (to be restored by the first boot).
 pub fn upgrade_waiting(overlay: &Path) -> bool {
-    overlay.join(UPGRADE_BACKUP).exists()
+    crate::upgrade::WAITING
+        .iter()
+        .any(|n| overlay.join(n).exists())
 }
 
 /// What preinit asks of a mounted writable partition before the overlay is stacked on it.
@@ -315,6 +337,12 @@ pub struct Prepared {
     pub upgrade_waiting: bool,
     /// A note for the state (an adopted overlay, a kept stale one).
     pub note: Option<String>,
+    /// A keep container applies: restore it once the overlay is stacked.
+    pub upgrade: Option<crate::upgrade::Kept>,
+    /// What became of a container that does not apply (for the state's notes).
+    pub upgrade_note: Option<String>,
+    /// After the restore: `restored`, `fresh` (nothing was kept) or `refused`.
+    pub upgrade_result: Option<&'static str>,
 }
 
 /// The boot-time part of the first-boot transaction, on the writable partition mounted at
@@ -345,12 +373,42 @@ pub fn prepare(overlay: &Path, p: &Prepare) -> io::Result<Prepared> {
     };
     let mut next = rec.clone();
     let reset_asked = p.reset.is_some() && p.reset != rec.reset;
+    let ready_for = (rec.first_boot == FirstBoot::Ready && on_disk.is_some())
+        .then_some(rec.rom.as_deref())
+        .flatten();
+    match crate::upgrade::decide(overlay, p.rom_id.as_deref(), ready_for) {
+        crate::upgrade::Decision::None => {}
+        crate::upgrade::Decision::Apply(k) => out.upgrade = Some(k),
+        crate::upgrade::Decision::Damaged { file, why } => {
+            let to = crate::upgrade::set_aside(overlay, file).map_or_else(
+                |e| format!("could not be set aside: {e}"),
+                |t| format!("set aside as {}", t.display()),
+            );
+            out.upgrade_note = Some(format!(
+                "the kept configuration {file} is damaged ({why}): not restored, {to}; the \
+                 ROM's defaults are used"
+            ));
+        }
+        crate::upgrade::Decision::OtherRom { target } => {
+            crate::upgrade::discard(overlay)?;
+            out.upgrade_note = Some(format!(
+                "a configuration was kept for ROM {target}, but this ROM is another: the \
+                 upgrade did not happen; discarded, the overlay is used as it is"
+            ));
+        }
+        crate::upgrade::Decision::Leftover => {
+            crate::upgrade::discard(overlay)?;
+        }
+    }
+    out.upgrade_waiting = upgrade_waiting(overlay);
     let stale = match (&rec.rom, &p.rom_id) {
-        (Some(was), Some(now)) if was != now && !out.upgrade_waiting => Some(was.clone()),
+        (Some(was), Some(now)) if was != now && out.upgrade.is_none() => Some(was.clone()),
         _ => None,
     };
     out.stale_from = stale.clone();
-    let why = if reset_asked {
+    let why = if out.upgrade.is_some() {
+        Some("upgrade")
+    } else if reset_asked {
         Some("reset")
     } else if stale.is_some() && !p.keep_stale {
         Some("stale")
@@ -579,11 +637,23 @@ mod tests {
         assert_eq!((r.cleared, r.stale_from.as_deref()), (None, Some("B")));
         assert!(r.note.unwrap().contains("kept"));
         assert_eq!(read(o).unwrap().unwrap().rom.as_deref(), Some("C"));
-        // An upgrade backup waiting: the new ROM is expected, not stale.
+        // An upgrade backup waiting: the new ROM is expected, not stale; the upper is
+        // emptied for the restore, and the backup stays until the first boot completes.
+        std::fs::write(o.join("upper/old"), "x").unwrap();
         std::fs::write(o.join(UPGRADE_BACKUP), "").unwrap();
         let r = prepare(o, &p("D", Some("1"))).unwrap();
-        assert_eq!((r.cleared, r.stale_from), (None, None));
-        assert!(r.upgrade_waiting);
+        assert_eq!((r.cleared, r.stale_from), (Some("upgrade"), None));
+        assert!(r.upgrade.is_some() && r.upgrade_waiting);
+        assert!(!o.join("upper/old").exists());
+        assert_eq!(read(o).unwrap().unwrap().first_boot, FirstBoot::Pending);
+        // Still pending at the next boot (a cut during the first boot): applied again.
+        let r = prepare(o, &p("D", Some("1"))).unwrap();
+        assert_eq!(r.cleared, Some("upgrade"));
+        // Once ready for this ROM, a backup left behind is a leftover: removed, unused.
+        set_ready(o).unwrap();
+        let r = prepare(o, &p("D", Some("1"))).unwrap();
+        assert_eq!((r.cleared, r.upgrade.is_some()), (None, false));
+        assert!(!o.join(UPGRADE_BACKUP).exists() && !r.upgrade_waiting);
     }
 
     #[test]

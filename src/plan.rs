@@ -168,6 +168,13 @@ pub enum Step {
     FinishRestore {
         root: PathBuf,
     },
+    /// When the first-boot record step found a keep container that applies (an upgrade),
+    /// restores it into the new root through `ovlctl restore`'s checks. Never fails the
+    /// rung: a refused archive is set aside and the ROM's defaults are used.
+    RestoreKept {
+        root: PathBuf,
+        overlay: PathBuf,
+    },
     /// The first-boot record on the mounted writable partition: empties the upper when the
     /// overlay is pending, a reset was asked for, or it was made for another ROM.
     Prepare {
@@ -445,6 +452,10 @@ fn root_steps(l: &Layout) -> Vec<Step> {
             upper: o.join("upper"),
         },
         Step::FinishRestore { root: nr.clone() },
+        Step::RestoreKept {
+            root: nr.clone(),
+            overlay: o.clone(),
+        },
     ];
     // Mount points missing from the ROM are made in the new root now, while a failure (a full
     // upper) can still be undone and fall back to tmpfs.

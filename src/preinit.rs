@@ -412,7 +412,8 @@ fn record_prepared(state: &mut State, p: &crate::overlay::Prepared) {
     state.cleared = p.cleared.map(fit);
     state.stale_from = p.stale_from.as_deref().map(fit);
     state.upgrade_waiting = p.upgrade_waiting;
-    if let Some(n) = &p.note {
+    state.upgrade = p.upgrade_result.map(fit);
+    for n in [&p.note, &p.upgrade_note].into_iter().flatten() {
         log::warn!("{n}");
         state.add_note(n);
     }

@@ -234,13 +234,7 @@ pub fn run(o: &Opts) -> Result<()> {
         overlay::Cleared::default()
     };
     if persistent && !o.keep {
-        let backup = ovl_dir.join(overlay::UPGRADE_BACKUP);
-        match std::fs::remove_file(&backup) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).with_context(|| format!("remove {}", backup.display()))
-            }
-            _ => {}
-        }
+        crate::upgrade::discard(ovl_dir)?;
     }
     if has_upper {
         overlay::sync_dir(&upper)?;

@@ -115,9 +115,16 @@ fn shown(p: &[u8]) -> String {
     s
 }
 
+/// An archive: `len` bytes of `file` from `base` (a keep container holds one after its header).
+pub struct Source {
+    pub file: std::fs::File,
+    pub base: u64,
+    pub len: u64,
+}
+
 /// Opens the archive as a seekable file (standard input is spooled to an unnamed temporary
 /// file first, bounded).
-fn open(archive: &Path) -> Result<std::fs::File> {
+fn open(archive: &Path) -> Result<Source> {
     if archive == Path::new("-") {
         let mut f = tempfile::tempfile().context("create a temporary file for standard input")?;
         let n = io::copy(&mut io::stdin().lock().take(MAX_ARCHIVE + 1), &mut f)
@@ -125,8 +132,11 @@ fn open(archive: &Path) -> Result<std::fs::File> {
         if n > MAX_ARCHIVE {
             bail!("the archive is larger than {} MiB", MAX_ARCHIVE >> 20);
         }
-        f.rewind().context("rewind the spooled archive")?;
-        return Ok(f);
+        return Ok(Source {
+            file: f,
+            base: 0,
+            len: n,
+        });
     }
     let f = std::fs::File::open(archive).with_context(|| format!("open {}", archive.display()))?;
     let len = f
@@ -140,7 +150,11 @@ fn open(archive: &Path) -> Result<std::fs::File> {
             MAX_ARCHIVE >> 20
         );
     }
-    Ok(f)
+    Ok(Source {
+        file: f,
+        base: 0,
+        len,
+    })
 }
 
 /// Counts compressed bytes in.
@@ -184,14 +198,16 @@ impl<R: Read> Read for Bounded<R> {
     }
 }
 
-type Tar = tar::Archive<Bounded<flate2::read::GzDecoder<CountIn<io::BufReader<std::fs::File>>>>>;
+type Tar =
+    tar::Archive<Bounded<flate2::read::GzDecoder<CountIn<io::BufReader<io::Take<std::fs::File>>>>>>;
 
-fn tar_of(f: &std::fs::File) -> Result<Tar> {
-    let mut f = f.try_clone().context("reopen the archive")?;
-    f.rewind().context("rewind the archive")?;
+fn tar_of(src: &Source) -> Result<Tar> {
+    let mut f = src.file.try_clone().context("reopen the archive")?;
+    f.seek(io::SeekFrom::Start(src.base))
+        .context("rewind the archive")?;
     let compressed = Rc::new(Cell::new(0));
     let gz = flate2::read::GzDecoder::new(CountIn {
-        inner: io::BufReader::new(f),
+        inner: io::BufReader::new(f.take(src.len)),
         n: compressed.clone(),
     });
     Ok(tar::Archive::new(Bounded {
@@ -206,7 +222,7 @@ fn bad_archive(e: io::Error) -> anyhow::Error {
 }
 
 /// Pass 0: the raw headers, before the tar reader collects any extended header in memory.
-fn check_raw(f: &std::fs::File) -> Result<()> {
+fn check_raw(f: &Source) -> Result<()> {
     let mut t = tar_of(f)?;
     let entries = t.entries().map_err(bad_archive)?.raw(true);
     for e in entries {
@@ -301,7 +317,7 @@ struct Read1 {
 }
 
 /// Pass 1: every member read and checked; nothing written.
-fn read_members(f: &std::fs::File) -> Result<Read1> {
+fn read_members(f: &Source) -> Result<Read1> {
     let mut t = tar_of(f)?;
     let mut members: Vec<Member> = Vec::new();
     let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
@@ -584,16 +600,46 @@ fn is_root() -> bool {
 
 /// Restores `o.archive` into `o.root`. See the module documentation.
 pub fn run(o: &Opts) -> Result<Summary> {
+    if !o.root.is_dir() {
+        bail!("{}: not a directory", o.root.display());
+    }
+    let f = open(&o.archive)?;
+    run_source(o, &f)
+}
+
+/// Checks an archive in memory as a restore would, without a tree: what `sysupgrade` keeps
+/// must restore.
+pub fn check_bytes(bytes: &[u8]) -> Result<()> {
+    if bytes.len() as u64 > MAX_ARCHIVE {
+        bail!(
+            "{} bytes, larger than the {} MiB a restore accepts",
+            bytes.len(),
+            MAX_ARCHIVE >> 20
+        );
+    }
+    let mut f = tempfile::tempfile().context("create a temporary file")?;
+    f.write_all(bytes).context("write a temporary file")?;
+    let src = Source {
+        file: f,
+        base: 0,
+        len: bytes.len() as u64,
+    };
+    check_raw(&src)?;
+    read_members(&src)?;
+    Ok(())
+}
+
+/// [`run`] on an archive already open (`o.archive` names it in messages).
+pub fn run_source(o: &Opts, f: &Source) -> Result<Summary> {
     let root = &o.root;
     if !root.is_dir() {
         bail!("{}: not a directory", root.display());
     }
     let recovered = recover(root)?;
     let kl = KeepList::load(root)?;
-    let f = open(&o.archive)?;
     let what = o.archive.display().to_string();
-    check_raw(&f).with_context(|| what.clone())?;
-    let r1 = read_members(&f).with_context(|| what.clone())?;
+    check_raw(f).with_context(|| what.clone())?;
+    let r1 = read_members(f).with_context(|| what.clone())?;
     let fates: Vec<Fate> = r1
         .members
         .iter()
@@ -626,7 +672,7 @@ pub fn run(o: &Opts) -> Result<Summary> {
         recovered,
         ..Summary::default()
     };
-    let plan = stage(root, &f, &r1.members, &fates).inspect_err(|_| {
+    let plan = stage(root, f, &r1.members, &fates).inspect_err(|_| {
         let _ = std::fs::remove_dir_all(journal(root));
     })?;
     summary.restored = plan
@@ -701,7 +747,7 @@ fn io_ctx<T>(r: io::Result<T>, what: impl FnOnce() -> String) -> Result<T> {
 }
 
 /// Pass 2: stage the kept files and write the plan; its rename is the commit.
-fn stage(root: &Path, f: &std::fs::File, members: &[Member], fates: &[Fate]) -> Result<Vec<Op>> {
+fn stage(root: &Path, f: &Source, members: &[Member], fates: &[Fate]) -> Result<Vec<Op>> {
     let j = journal(root);
     let data = j.join("data");
     let mut b = std::fs::DirBuilder::new();

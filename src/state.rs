@@ -54,6 +54,8 @@ pub struct State {
     pub stale_from: Option<Text<48>>,
     /// An upgrade backup waits beside the upper.
     pub upgrade_waiting: bool,
+    /// A keep container applied this boot: restored, fresh or refused.
+    pub upgrade: Option<Text<8>>,
     /// Values that were refused (by the parser, the kernel or a program) and what was used
     /// instead; what else a person should know about this boot.
     pub notes: heapless::Vec<Text<200>, 6>,

@@ -75,6 +75,8 @@ struct FirstBootJson<'a> {
     cleared_at_boot: Option<&'a str>,
     /// The ROM the overlay had been made for, when another one booted over it.
     stale_from: Option<&'a str>,
+    /// This boot applied a keep container: `restored`, `fresh` (nothing kept) or `refused`.
+    upgrade: Option<&'a str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -239,6 +241,7 @@ impl Status {
                 state: self.first_boot.map(|f| f.name()),
                 cleared_at_boot: s.cleared.as_deref(),
                 stale_from: s.stale_from.as_deref(),
+                upgrade: s.upgrade.as_deref(),
             },
             waiting: WaitingJson {
                 reset: self.reset_waiting,
@@ -358,6 +361,17 @@ impl Status {
         if let Some(w) = v.first_boot.stale_from {
             line("stale:", format!("the overlay had been made for ROM {w}"));
         }
+        if let Some(u) = v.first_boot.upgrade {
+            line(
+                "upgrade:",
+                match u {
+                    "restored" => "this boot upgraded: the kept configuration was restored",
+                    "fresh" => "this boot upgraded: nothing was kept (-n), a fresh overlay",
+                    _ => "this boot upgraded: the kept configuration was refused (see notes)",
+                }
+                .into(),
+            );
+        }
         if v.waiting.reset {
             line(
                 "waiting:",
@@ -371,7 +385,10 @@ impl Status {
             );
         }
         if v.waiting.upgrade {
-            line("waiting:", "an upgrade backup in /overlay".into());
+            line(
+                "waiting:",
+                "a kept configuration in /overlay (removed when the first boot completes)".into(),
+            );
         }
         for n in v.notes {
             line("note:", n.to_string());

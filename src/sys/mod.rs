@@ -220,6 +220,14 @@ pub trait Sys {
     /// Finishes or rolls back a restore cut off in the tree at `root`: Some(true) finished,
     /// Some(false) rolled back, None when none was.
     fn finish_restore(&mut self, root: &Path) -> SysResult<Option<bool>>;
+    /// Restores the keep container `kept` (on the partition mounted at `overlay`) into the
+    /// tree at `root` (see [`crate::upgrade`]); returns how many paths were restored.
+    fn restore_kept(
+        &mut self,
+        root: &Path,
+        overlay: &Path,
+        kept: &crate::upgrade::Kept,
+    ) -> SysResult<usize>;
     /// The boot-time first-boot transaction on the writable partition mounted at `overlay`
     /// (see [`crate::overlay::prepare`]).
     fn prepare_overlay(

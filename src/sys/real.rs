@@ -325,6 +325,20 @@ impl Sys for Real {
         })
     }
 
+    fn restore_kept(
+        &mut self,
+        root: &Path,
+        overlay: &Path,
+        kept: &crate::upgrade::Kept,
+    ) -> SysResult<usize> {
+        crate::upgrade::restore_kept(root, overlay, kept).map_err(|e| {
+            SysError::msg(
+                format!("restore {}", overlay.join(kept.file).display()),
+                format!("{e:#}"),
+            )
+        })
+    }
+
     fn check_writable(&mut self, dir: &Path, upper: &Path) -> SysResult<()> {
         use nix::sys::statvfs::{statvfs, FsFlags};
         let what = format!("check that {} is writable", dir.display());

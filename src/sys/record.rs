@@ -155,6 +155,16 @@ impl Sys for Recorder {
             .map(|()| None)
     }
 
+    fn restore_kept(
+        &mut self,
+        root: &Path,
+        _overlay: &Path,
+        kept: &crate::upgrade::Kept,
+    ) -> SysResult<usize> {
+        self.call(format!("restore {} into {}", kept.file, root.display()))
+            .map(|()| 0)
+    }
+
     fn check_writable(&mut self, dir: &Path, _upper: &Path) -> SysResult<()> {
         self.call(format!("check writable {}", dir.display()))
     }
