@@ -87,7 +87,7 @@ fn step(sys: &mut dyn Sys, s: &Step, done: &mut Done) -> Result<(), SysError> {
                 (Some(_), Ok(n)) => {
                     p.upgrade_result = Some("restored");
                     format!(
-                        "upgrade: {n} paths of the kept configuration restored from {}",
+                        "upgrade: the kept configuration restored from {} ({n} files and symlinks)",
                         kept.file
                     )
                 }

@@ -873,8 +873,12 @@ fn stage(root: &Path, f: &Source, members: &[Member], fates: &[Fate]) -> Result<
 
 fn set_mtime(at: &Path, mtime: u64) -> Result<()> {
     // time_t is 32 bits on armv7 glibc: clamp rather than wrap.
-    let secs = nix::libc::time_t::try_from(mtime).unwrap_or(nix::libc::time_t::MAX);
-    let t = nix::sys::time::TimeSpec::new(secs, 0);
+    let max = if cfg!(target_pointer_width = "32") {
+        i32::MAX as u64
+    } else {
+        i64::MAX as u64
+    };
+    let t = nix::sys::time::TimeSpec::from_duration(std::time::Duration::from_secs(mtime.min(max)));
     nix::sys::stat::utimensat(
         nix::fcntl::AT_FDCWD,
         at,

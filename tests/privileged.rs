@@ -331,6 +331,10 @@ impl Scenario {
             .prefix("ovl-test")
             .tempdir()
             .unwrap();
+        // util-linux's mount(8), which the scenarios' scripts run, makes /run/mount (its utab
+        // lock) on first use, and /run is the host's in every namespace: made before the
+        // stamp, so that the first scenario of a fresh machine does not count it as ovl's.
+        std::fs::create_dir_all("/run/mount").unwrap();
         let stamp = dir.path().join("stamp");
         std::fs::write(&stamp, "").unwrap();
         // find -newer compares modification times: make the stamp's a second old, so a file
