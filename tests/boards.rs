@@ -1855,3 +1855,33 @@ fn nor_power_cuts_during_an_upgrade_leave_the_old_or_the_new_configuration() {
     }
     report("sysupgrade flash cut", healthy, &mixed);
 }
+
+/// OpenWrt's `sysupgrade.tgz` (a busybox `tar czf` at the top of the writable partition) is
+/// restored through the same checks when the overlay starts afresh (here: `reset -k`, which
+/// keeps it); a damaged keep container is set aside with the reason published.
+#[test]
+fn nor_an_openwrt_sysupgrade_tgz_is_restored_and_a_damaged_container_set_aside() {
+    let s = Storage::new(NOR, &log_name(NOR, "sysupgrade-tgz"));
+    let mut g = s.boot(1, &[]);
+    g.run(KEEP_CONFIG);
+    g.run("tar czf /overlay/sysupgrade.tgz -C / etc/config etc/keepdir etc/emptydir etc/sysupgrade.conf && sync");
+    g.send("ovlctl reset -y -k -r");
+    g.wait_exit();
+    let mut g = s.boot(2, &[]);
+    let st = g.status();
+    assert_eq!(st["first_boot"]["upgrade"], "restored", "{st}");
+    assert!(st["notes"].to_string().contains("sysupgrade.tgz"), "{st}");
+    check_kept_config(&mut g);
+    g.run("test ! -e /overlay/sysupgrade.tgz");
+    g.run("printf 'OVLKEEP1 torn' > /overlay/.ovl-keep && sync");
+    g.send("ovlctl reset -y -k -r");
+    g.wait_exit();
+    let mut g = s.boot(3, &[]);
+    let st = g.status();
+    assert_eq!(st["mode"], "persistent", "{st}");
+    assert!(st["notes"].to_string().contains("damaged"), "{st}");
+    assert_eq!(st["first_boot"]["upgrade"], Value::Null, "{st}");
+    g.run("test -e /overlay/.ovl-keep.refused && test ! -e /overlay/.ovl-keep");
+    g.run("test ! -e /etc/config/network");
+    g.poweroff();
+}
