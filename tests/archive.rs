@@ -706,3 +706,109 @@ fn a_restore_cut_at_any_step_recovers_to_the_old_or_the_new_tree() {
         "old {seen_old}, new {seen_new}"
     );
 }
+
+/// A state file saying how this boot went, for the commands that refuse a fallback.
+fn state_file(dir: &Path, mode: &str) -> PathBuf {
+    let p = dir.join(format!("state-{mode}.json"));
+    std::fs::write(
+        &p,
+        format!(
+            r#"{{"version":1,"mode":"{mode}","reason":{},"boot":"initramfs","board":"b","rom":"/dev/null","data":null,"data_content":null,"data_fstype":null,"data_action":null,"init":"/sbin/init","modules_loaded":0,"modules_failed":[],"started_us":0,"total_us":0,"peak_rss_kib":0,"steps":[],"rom_id":null,"first_boot":null,"cleared":null,"stale_from":null,"upgrade_waiting":false,"upgrade":null,"notes":[]}}"#,
+            if mode == "persistent" { "null" } else { r#""the data partition is corrupt""# }
+        ),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn a_backup_that_runs_out_of_space_or_on_a_tmpfs_fallback_leaves_nothing_behind() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "needs root (a small tmpfs in a private mount namespace): ./test.sh runs it as root"
+    );
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    config(&root);
+    // Incompressible: the archive cannot fit in 64 KiB.
+    std::fs::write(root.join("etc/config/random"), {
+        let mut v = vec![0u8; 512 * 1024];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut v))
+            .unwrap();
+        v
+    })
+    .unwrap();
+    let small = d.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs -o size=64k small {s} && {OVL} backup --root {r} -o {s}/b.tgz; echo rc=$?; ls -A {s}",
+            s = small.display(),
+            r = root.display()
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("rc=2"), "{text}{err}");
+    assert!(
+        text.trim_end().ends_with("rc=2"),
+        "files left on the full file system: {text}"
+    );
+    assert!(err.contains("No space left"), "{err}");
+
+    // On a tmpfs fallback nothing would survive: refused before anything is read or written.
+    let state = state_file(d.path(), "tmpfs");
+    let out_file = d.path().join("b.tgz");
+    let o = run(&[
+        "backup",
+        "--state",
+        state.to_str().unwrap(),
+        "-o",
+        out_file.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("tmpfs overlay"), "{err}");
+    assert!(!out_file.exists());
+    // And sysupgrade, keeping the configuration, refuses there too before it writes a ROM.
+    let rom = d.path().join("romdev");
+    std::fs::write(&rom, vec![0u8; 1 << 20]).unwrap();
+    let sq = d.path().join("rom.sqfs");
+    sh(&format!(
+        "mksquashfs {} {} -quiet -noappend -all-root >/dev/null",
+        root.join("etc/config").display(),
+        sq.display()
+    ));
+    let img = d.path().join("up.img");
+    let o = run(&[
+        "mkimage",
+        "-b",
+        "b",
+        "--release",
+        "2",
+        sq.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    let o = run(&[
+        "sysupgrade",
+        "--state",
+        state.to_str().unwrap(),
+        "--root",
+        root.to_str().unwrap(),
+        "--overlay",
+        d.path().to_str().unwrap(),
+        "--rom-dev",
+        rom.to_str().unwrap(),
+        "--no-reboot",
+        img.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("-n"), "{err}");
+    assert!(std::fs::read(&rom).unwrap().iter().all(|&b| b == 0));
+    assert!(!d.path().join(".ovl-keep").exists());
+}
