@@ -812,3 +812,67 @@ fn a_backup_that_runs_out_of_space_or_on_a_tmpfs_fallback_leaves_nothing_behind(
     assert!(std::fs::read(&rom).unwrap().iter().all(|&b| b == 0));
     assert!(!d.path().join(".ovl-keep").exists());
 }
+
+#[test]
+fn called_sysupgrade_the_binary_takes_openwrts_backup_flags_and_images_stay_squashfs() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    config(&root);
+    let alias = d.path().join("sysupgrade");
+    std::os::unix::fs::symlink(OVL, &alias).unwrap();
+    let call = |args: &[&str]| {
+        let o = Command::new(&alias).args(args).output().unwrap();
+        assert!(o.status.success(), "sysupgrade {args:?}: {o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let r = root.to_str().unwrap();
+    let list = call(&["-l", "--root", r]);
+    assert!(list.lines().any(|l| l == "/etc/config/network"), "{list}");
+    assert!(!list.contains("stray"), "{list}");
+    let b = d.path().join("b.tgz");
+    call(&["-b", b.to_str().unwrap(), "--root", r]);
+    let fresh = d.path().join("fresh");
+    std::fs::create_dir_all(fresh.join("etc")).unwrap();
+    std::fs::write(fresh.join("etc/sysupgrade.conf"), KEEP).unwrap();
+    call(&["-r", b.to_str().unwrap(), "--root", fresh.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(fresh.join("etc/config/network")).unwrap(),
+        "config interface lan\n"
+    );
+    // A sysupgrade image is the squashfs with a trailer that unsquashfs does not mind.
+    need("unsquashfs");
+    let sq = d.path().join("rom.sqfs");
+    sh(&format!(
+        "mksquashfs {} {} -quiet -noappend -all-root >/dev/null",
+        root.display(),
+        sq.display()
+    ));
+    let img = d.path().join("up.img");
+    let o = run(&[
+        "mkimage",
+        "-b",
+        "b",
+        "--release",
+        "2",
+        sq.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    let o = Command::new("unsquashfs")
+        .args(["-l"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("etc/config/network"));
+    // The trailer as the README says to read it: the last 16 bytes, then the text.
+    let bytes = std::fs::read(&img).unwrap();
+    let n = bytes.len();
+    assert_eq!(&bytes[n - 16..n - 8], b"OVLIMG01");
+    let len = u32::from_le_bytes(bytes[n - 8..n - 4].try_into().unwrap()) as usize;
+    let text = String::from_utf8_lossy(&bytes[n - 16 - len..n - 16]).into_owned();
+    assert!(
+        text.starts_with("ovl-image 1\nboards b\nversion 2\n"),
+        "{text}"
+    );
+}
