@@ -1,7 +1,7 @@
 # The emulated boards: what each one needs to build and boot. Sourced by build.sh, boot.sh
 # and run. A board's name is its board file's name (board/NAME.json).
 
-BOARDS="qemu-aarch64-nor qemu-x86_64-disk qemu-x86_64-combined qemu-armv7-nor"
+BOARDS="qemu-aarch64-nor qemu-x86_64-disk qemu-x86_64-combined qemu-armv7-nor qemu-aarch64-nor-ubi"
 DEFAULT_BOARD=qemu-aarch64-nor
 
 # NOR layout on the virt board, aarch64 and armv7 alike: two 64 MiB CFI banks that physmap
@@ -11,6 +11,11 @@ DEFAULT_BOARD=qemu-aarch64-nor
 # rootfs is writable, as on a router: sysupgrade writes the new ROM there.
 NOR_MTDPARTS="0.flash:64m(bank0)ro,16m(rootfs),-(rootfs_data)"
 NOR_MTDPARTS_NO_DATA="0.flash:64m(bank0)ro,16m(rootfs)"
+# The NOR board with UBI: all of bank 1 one MTD partition `ubi`, holding the volumes rootfs
+# (the squashfs, read through ubiblock) and rootfs_data (UBIFS).
+NOR_UBI_MTDPARTS="0.flash:64m(bank0)ro,-(ubi)"
+NOR_UBI_PEB_KIB=256
+NOR_UBI_ROM_MIB=16
 NOR_ROM_MIB=16
 NOR_BANK_MIB=64
 # GPT disk: 1 MiB of table, the ROM partition, the data partition, room for the backup table.
@@ -27,6 +32,11 @@ board_vars() {
         # cmdlinepart is a module: preinit passes it this (the kernel would not).
         APPEND="cmdlinepart.mtdparts=$NOR_MTDPARTS"
         ;;
+    qemu-aarch64-nor-ubi)
+        CONSOLE=ttyAMA0
+        STORAGE=nor-ubi
+        APPEND="cmdlinepart.mtdparts=$NOR_UBI_MTDPARTS"
+        ;;
     qemu-x86_64-disk | qemu-x86_64-combined)
         ARCH=amd64
         RUST_TARGET=x86_64-unknown-linux-musl
@@ -41,7 +51,7 @@ board_vars() {
         ;;
     esac
     case $BOARD in
-    qemu-aarch64-nor)
+    qemu-aarch64-nor | qemu-aarch64-nor-ubi)
         ARCH=arm64
         RUST_TARGET=aarch64-unknown-linux-musl
         QEMU=qemu-system-aarch64

@@ -45,8 +45,8 @@ fi
 append="console=$CONSOLE panic=-1 $APPEND"
 drive=()
 case $STORAGE in
-nor)
-    [ $no_data = 1 ] && append="console=$CONSOLE panic=-1 cmdlinepart.mtdparts=$NOR_MTDPARTS_NO_DATA"
+nor | nor-ubi)
+    [ $no_data = 1 ] && [ "$STORAGE" = nor ] && append="console=$CONSOLE panic=-1 cmdlinepart.mtdparts=$NOR_MTDPARTS_NO_DATA"
     drive=(-drive "if=pflash,unit=1,format=raw,file=$storage")
     ;;
 gpt | combined)
@@ -56,7 +56,7 @@ gpt | combined)
 esac
 if [ -n "$disk" ]; then
     dev=virtio-blk-pci
-    [ "$STORAGE" = nor ] && dev=virtio-blk-device
+    case $STORAGE in nor*) dev=virtio-blk-device ;; esac
     drive+=(-drive "if=none,id=disk1,format=raw,readonly=on,file=$disk" -device "$dev,drive=disk1")
 fi
 # shellcheck disable=SC2086

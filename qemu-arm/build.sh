@@ -26,7 +26,7 @@ for b in "$@"; do board_vars "$b" >/dev/null || die "unknown board '$b' (boards:
 
 ensure_host_tools
 ensure_packages qemu-system-arm:qemu-system-aarch64 qemu-system-arm:qemu-system-arm \
-    qemu-system-x86:qemu-system-x86_64 file:file
+    qemu-system-x86:qemu-system-x86_64 file:file mtd-utils:ubinize
 
 # busybox_for ARCH: a static busybox from Debian's busybox-static for ARCH, cached. armhf comes
 # through the private APT configuration kernel.sh keeps for it: adding armhf to dpkg's
@@ -139,7 +139,7 @@ build_board() {
     echo "ovl $BOARD" > "$rom/etc/banner"
     # What sysupgrade compares a new image with (see README, "Upgrade").
     printf 'version %s\ncompat %s\n' "$IMAGE_VERSION" "$IMAGE_COMPAT" > "$rom/etc/ovl/release"
-    if [ "$STORAGE" = nor ]; then
+    if [ "$STORAGE" = nor ] || [ "$STORAGE" = nor-ubi ]; then
         # Not needed to boot: they let the board read an upgrade image from a second disk.
         mkdir -p "$rom/lib/modules/$release"
         for m in virtio_mmio virtio_blk; do
@@ -148,7 +148,7 @@ build_board() {
     fi
     printf 'root:x:0:0:root:/root:/bin/sh\n' > "$rom/etc/passwd"
     printf 'root:x:0:\n' > "$rom/etc/group"
-    if [ "$STORAGE" != nor ]; then
+    if [ "$STORAGE" != nor ] && [ "$STORAGE" != nor-ubi ]; then
         # ext4 boards format their data partition on first boot: ship mkfs.ext4 in the ROM.
         [ "$ARCH" = "$(dpkg --print-architecture)" ] || die "mkfs.ext4 for $ARCH is not packaged here"
         copy_with_libs /usr/sbin/mkfs.ext4 "$rom"
@@ -172,7 +172,8 @@ build_board() {
     for m in $mods; do cp "$kdir/modules/$m.ko" "$ird/lib/modules/$release/"; done
     (cd "$ird" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | gzip -6 > "$out/initramfs.cpio.gz")
 
-    if [ "$STORAGE" != combined ]; then
+    # The baseline's shell preinit knows MTD and GPT names, not UBI volumes.
+    if [ "$STORAGE" != combined ] && [ "$STORAGE" != nor-ubi ]; then
         say "[$BOARD] baseline initramfs (busybox shell preinit, for the benchmark)"
         local bld=$work/baseline
         mkdir -p "$bld"/{bin,dev,etc,lib/modules}
@@ -201,6 +202,31 @@ PY
         # Flash is erased to 0xFF; the ROM goes at the start of bank 1.
         head -c $((NOR_BANK_MIB << 20)) /dev/zero | tr '\0' '\377' > "$img"
         dd if="$out/rom.sqfs" of="$img" conv=notrunc status=none
+        ;;
+    nor-ubi)
+        [ "$rom_bytes" -le $((NOR_UBI_ROM_MIB << 20)) ] || die "ROM is $rom_bytes bytes, more than the ${NOR_UBI_ROM_MIB} MiB volume"
+        # One UBI image for the whole bank: rootfs holds the squashfs; rootfs_data is made
+        # small and grows to the rest of the device at the first attach (autoresize).
+        cat > "$work/ubinize.ini" <<INI
+[rootfs]
+mode=ubi
+image=$out/rom.sqfs
+vol_id=0
+vol_type=dynamic
+vol_name=rootfs
+vol_size=${NOR_UBI_ROM_MIB}MiB
+
+[rootfs_data]
+mode=ubi
+vol_id=1
+vol_type=dynamic
+vol_name=rootfs_data
+vol_size=1MiB
+vol_flags=autoresize
+INI
+        ubinize -o "$work/ubi.img" -p "${NOR_UBI_PEB_KIB}KiB" -m 1 "$work/ubinize.ini" >/dev/null
+        head -c $((NOR_BANK_MIB << 20)) /dev/zero | tr '\0' '\377' > "$img"
+        dd if="$work/ubi.img" of="$img" conv=notrunc status=none
         ;;
     gpt)
         [ "$rom_bytes" -le $((DISK_ROM_MIB << 20)) ] || die "ROM is larger than its ${DISK_ROM_MIB} MiB partition"

@@ -52,7 +52,7 @@ FORCE=0
 # shellcheck disable=SC2034 # used through eval in set_arch
 DEFAULT_MODULES_arm64="mtd chipreg cfi_util gen_probe cfi_cmdset_0001 cfi_probe cmdlinepart physmap
   mtd_blkdevs mtdblock jffs2 squashfs overlay virtio_mmio virtio_blk crc32c_generic jbd2 mbcache
-  crc16 ext4"
+  crc16 ext4 ubi zstd_compress zstd ubifs"
 # shellcheck disable=SC2034
 DEFAULT_MODULES_armhf=$DEFAULT_MODULES_arm64
 # shellcheck disable=SC2034

@@ -172,6 +172,9 @@ pub enum Selector {
     PartUuid(String),
     /// A file system UUID (ext4): `UUID=...` (lowercase here).
     Uuid(String),
+    /// A UBI volume by name: `ubi:rootfs_data`, or `ubi:MTD/NAME` to attach the MTD partition
+    /// named MTD first when the kernel has not.
+    Ubi { mtd: Option<String>, volume: String },
     /// The OpenWrt x86 layout: the space after the squashfs in the ROM's own partition.
     AfterRom,
     /// The usual places in OpenWrt's order: GPT name, MTD name, then (for data) after the ROM.
@@ -189,6 +192,18 @@ impl Selector {
         };
         if let Some(v) = s.strip_prefix("mtd:") {
             Ok(Selector::Mtd(nonempty(v, "MTD partition")?))
+        } else if let Some(v) = s.strip_prefix("ubi:") {
+            let (mtd, vol) = match v.split_once('/') {
+                Some((m, vol)) => (Some(nonempty(m, "MTD partition")?), vol),
+                None => (None, v),
+            };
+            let volume = nonempty(vol, "UBI volume")?;
+            if volume.len() > crate::ubi::MAX_VOLUME_NAME || volume.contains('/') {
+                return Err(format!(
+                    "`{s}`: a UBI volume name has at most 127 bytes and no `/`"
+                ));
+            }
+            Ok(Selector::Ubi { mtd, volume })
         } else if let Some(v) = s
             .strip_prefix("partname:")
             .or_else(|| s.strip_prefix("PARTNAME="))
@@ -233,7 +248,7 @@ impl Selector {
             Ok(Selector::Auto)
         } else {
             Err(format!(
-                "`{s}` is not a selector (mtd:NAME, partname:NAME, label:NAME, PARTUUID=, UUID=, /dev/PATH, after-rom, auto)"
+                "`{s}` is not a selector (mtd:NAME, ubi:[MTD/]NAME, partname:NAME, label:NAME, PARTUUID=, UUID=, /dev/PATH, after-rom, auto)"
             ))
         }
     }
@@ -248,6 +263,11 @@ impl fmt::Display for Selector {
             Selector::Path(p) => write!(f, "{p}"),
             Selector::PartUuid(u) => write!(f, "PARTUUID={u}"),
             Selector::Uuid(u) => write!(f, "UUID={u}"),
+            Selector::Ubi {
+                mtd: Some(m),
+                volume,
+            } => write!(f, "ubi:{m}/{volume}"),
+            Selector::Ubi { mtd: None, volume } => write!(f, "ubi:{volume}"),
             Selector::AfterRom => write!(f, "after-rom"),
             Selector::Auto => write!(f, "auto"),
         }
@@ -259,6 +279,7 @@ pub enum FsChoice {
     Auto,
     Jffs2,
     Ext4,
+    Ubifs,
 }
 
 impl FsChoice {
@@ -267,7 +288,8 @@ impl FsChoice {
             "auto" => Ok(FsChoice::Auto),
             "jffs2" => Ok(FsChoice::Jffs2),
             "ext4" => Ok(FsChoice::Ext4),
-            _ => Err(format!("`{s}` is not one of auto, jffs2, ext4")),
+            "ubifs" => Ok(FsChoice::Ubifs),
+            _ => Err(format!("`{s}` is not one of auto, jffs2, ext4, ubifs")),
         }
     }
 }
@@ -645,6 +667,20 @@ mod tests {
             Ok(Selector::Path("/dev/vda2".into()))
         );
         assert_eq!(Selector::parse("after-rom"), Ok(Selector::AfterRom));
+        assert_eq!(
+            Selector::parse("ubi:ubi/rootfs_data"),
+            Ok(Selector::Ubi {
+                mtd: Some("ubi".into()),
+                volume: "rootfs_data".into()
+            })
+        );
+        assert_eq!(
+            Selector::parse("ubi:rootfs").map(|s| s.to_string()),
+            Ok("ubi:rootfs".to_string())
+        );
+        assert!(Selector::parse("ubi:").is_err());
+        assert!(Selector::parse("ubi:ubi/").is_err());
+        assert!(Selector::parse("ubi:/x").is_err());
         assert!(Selector::parse("mtd:").is_err());
         assert!(Selector::parse("/dev/").is_err());
         assert!(Selector::parse("vda2").is_err());

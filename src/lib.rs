@@ -36,4 +36,5 @@ pub mod restore;
 pub mod state;
 pub mod status;
 pub mod sys;
+pub mod ubi;
 pub mod upgrade;

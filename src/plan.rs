@@ -111,6 +111,8 @@ pub enum DataKind {
         backing: String,
         offset: u64,
     },
+    /// A UBI volume (`/dev/ubiN_M`), mounted as UBIFS.
+    Ubi,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -351,16 +353,29 @@ type Upper = (Vec<Step>, &'static str, &'static str);
 fn persistent_upper(input: &PlanInput, data: &DataFound) -> Result<Upper, String> {
     let o = input.layout.overlay_dir();
     let dev = &data.device;
-    let is_mtd = matches!(data.kind, DataKind::Mtd { .. });
-    let fstype = match (input.fs, is_mtd) {
-        (FsChoice::Auto, true) | (FsChoice::Jffs2, true) => "jffs2",
-        (FsChoice::Auto, false) | (FsChoice::Ext4, false) => "ext4",
-        (FsChoice::Jffs2, false) => {
+    let fstype = match (input.fs, &data.kind) {
+        (FsChoice::Auto | FsChoice::Ubifs, DataKind::Ubi) => "ubifs",
+        (_, DataKind::Ubi) => {
+            return Err(format!(
+                "{dev} is a UBI volume: it takes ubifs, not {}",
+                fs_name(input.fs)
+            ))
+        }
+        (FsChoice::Auto | FsChoice::Jffs2, DataKind::Mtd { .. }) => "jffs2",
+        (FsChoice::Auto | FsChoice::Ext4, _) if !matches!(data.kind, DataKind::Mtd { .. }) => {
+            "ext4"
+        }
+        (FsChoice::Jffs2, _) => {
             return Err(format!(
                 "jffs2 needs an MTD partition; {dev} is a block device"
             ))
         }
-        (FsChoice::Ext4, true) => {
+        (FsChoice::Ubifs, _) => {
+            return Err(format!(
+                "ubifs needs a UBI volume (ubi:NAME); {dev} is not one"
+            ))
+        }
+        (_, _) => {
             return Err(format!(
                 "ext4 needs a block device; {dev} is an MTD partition"
             ))
@@ -369,7 +384,11 @@ fn persistent_upper(input: &PlanInput, data: &DataFound) -> Result<Upper, String
     let mut steps = Vec::new();
     let content = &data.content;
     let action = match (fstype, content) {
-        ("jffs2", Content::Jffs2) | ("ext4", Content::Ext4 { .. }) => "mount",
+        ("jffs2", Content::Jffs2) | ("ext4", Content::Ext4 { .. }) | ("ubifs", Content::Ubifs) => {
+            "mount"
+        }
+        // UBIFS formats an empty volume (every LEB unmapped reads as 0xFF) as it mounts it.
+        ("ubifs", Content::Erased) => "mount",
         // JFFS2 formats erased flash itself as it writes.
         ("jffs2", Content::Erased) => "mount",
         ("jffs2", Content::Marker | Content::ResetMark) => {
@@ -414,6 +433,15 @@ fn persistent_upper(input: &PlanInput, data: &DataFound) -> Result<Upper, String
     steps.push(Step::Mkdir(o.join("upper")));
     steps.push(Step::Mkdir(o.join("work")));
     Ok((steps, action, fstype))
+}
+
+fn fs_name(f: FsChoice) -> &'static str {
+    match f {
+        FsChoice::Auto => "auto",
+        FsChoice::Jffs2 => "jffs2",
+        FsChoice::Ext4 => "ext4",
+        FsChoice::Ubifs => "ubifs",
+    }
 }
 
 fn is_blank(c: &Content) -> bool {

@@ -98,6 +98,37 @@ struct DataJson<'a> {
     action: Option<&'a str>,
 }
 
+/// The UBI device under the writable volume, as sysfs says now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UbiInfo {
+    pub device: crate::board::Text<16>,
+    pub volume: crate::board::Text<128>,
+    pub mtd: Option<u64>,
+    pub bad_pebs: Option<u64>,
+    pub max_ec: Option<u64>,
+    pub mean_ec: Option<u64>,
+}
+
+/// [`UbiInfo`] for a volume node `/dev/ubiN_M`.
+pub fn ubi_info(sys_dir: &Path, dev: &str) -> Option<UbiInfo> {
+    let name = dev.strip_prefix("/dev/")?;
+    let (n, _) = name.strip_prefix("ubi")?.split_once('_')?;
+    let ubi: u32 = n.parse().ok()?;
+    let volume = std::fs::read_to_string(sys_dir.join(format!("class/ubi/{name}/name")))
+        .ok()?
+        .trim_end()
+        .to_string();
+    let num = |w: &str| crate::ubi::device_number(sys_dir, ubi, w);
+    Some(UbiInfo {
+        device: crate::state::fit(&format!("ubi{ubi}")),
+        volume: crate::state::fit(&volume),
+        mtd: num("mtd_num"),
+        bad_pebs: num("bad_peb_count"),
+        max_ec: num("max_ec"),
+        mean_ec: num("mean_ec"),
+    })
+}
+
 #[derive(Debug, Serialize)]
 struct UpperJson<'a> {
     mounted: bool,
@@ -167,6 +198,9 @@ struct StatusJson<'a> {
     times: TimesJson,
     steps: &'a [crate::state::Timing],
     notes: &'a [crate::board::Text<200>],
+    /// `{device, volume, mtd, bad_pebs, max_ec, mean_ec}` when the writable partition is a UBI
+    /// volume; null otherwise.
+    ubi: Option<&'a UbiInfo>,
 }
 
 pub struct Status {
@@ -182,6 +216,8 @@ pub struct Status {
     pub upgrade_waiting: bool,
     /// The mounted JFFS2's blocks of obsolete old nodes not erased yet.
     pub erase_waiting: Option<u32>,
+    /// The writable partition is a UBI volume: its device's figures.
+    pub ubi: Option<UbiInfo>,
 }
 
 impl Status {
@@ -258,6 +294,7 @@ impl Status {
             },
             steps: &s.steps,
             notes: &s.notes,
+            ubi: self.ubi.as_ref(),
         }
     }
 
@@ -303,6 +340,21 @@ impl Status {
                         (Some(a), Some(f)) => format!("{a} as {f}"),
                         _ => "not used".to_string(),
                     }
+                ),
+            );
+        }
+        if let Some(u) = v.ubi {
+            let n = |x: Option<u64>| x.map_or("?".to_string(), |v| v.to_string());
+            line(
+                "ubi:",
+                format!(
+                    "{} volume {} on mtd{}: {} bad PEBs, erase counter max {} mean {}",
+                    u.device,
+                    u.volume,
+                    n(u.mtd),
+                    n(u.bad_pebs),
+                    n(u.max_ec),
+                    n(u.mean_ec)
                 ),
             );
         }
@@ -499,6 +551,10 @@ pub fn gather(state_path: Option<&Path>) -> anyhow::Result<Status> {
     } else {
         None
     };
+    let ubi = state
+        .data
+        .as_deref()
+        .and_then(|d| ubi_info(Path::new("/sys"), d));
     Ok(Status {
         state,
         mounts,
@@ -507,6 +563,7 @@ pub fn gather(state_path: Option<&Path>) -> anyhow::Result<Status> {
         reset_waiting,
         erase_waiting,
         upgrade_waiting: crate::overlay::upgrade_waiting(overlay),
+        ubi,
     })
 }
 
@@ -551,6 +608,7 @@ mod tests {
             reset_waiting: false,
             upgrade_waiting: false,
             erase_waiting: None,
+            ubi: None,
         }
     }
 

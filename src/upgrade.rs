@@ -475,6 +475,16 @@ pub fn run(o: &Opts) -> Result<()> {
             );
         }
     }
+    if dev
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("ubiblock"))
+    {
+        bail!(
+            "the ROM is a UBI volume ({}): writing it needs the volume unmounted, which \
+             sysupgrade cannot do from the running system yet; nothing was written",
+            dev.display()
+        );
+    }
     let target = crate::flash::Target::of(&dev);
     let room = target.room().ok();
     let current = release(&o.keep.root).map(|(_, c)| c);

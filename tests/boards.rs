@@ -1885,3 +1885,131 @@ fn nor_an_openwrt_sysupgrade_tgz_is_restored_and_a_damaged_container_set_aside()
     g.run("test ! -e /etc/config/network");
     g.poweroff();
 }
+
+// ---- UBI on NOR: squashfs through ubiblock, UBIFS as the upper ----
+
+const NOR_UBI: &str = "qemu-aarch64-nor-ubi";
+const UBI_PEB: u64 = 256 * 1024;
+
+/// The offset in the bank of the PEB holding LEB `lnum` of volume `vol`, from the VID headers
+/// (at 64 in each PEB on this NOR: "UBI!", then vol_id and lnum big endian at 8 and 12).
+fn ubi_peb_of(s: &Storage, vol: u32, lnum: u32) -> Option<u64> {
+    let bank = s.read(0, 64 * MIB);
+    bank.chunks(UBI_PEB as usize)
+        .enumerate()
+        .find_map(|(i, peb)| {
+            let vid = &peb[64..64 + 16];
+            let ok = &vid[..4] == b"UBI!"
+                && u32::from_be_bytes(vid[8..12].try_into().unwrap()) == vol
+                && u32::from_be_bytes(vid[12..16].try_into().unwrap()) == lnum;
+            ok.then_some(i as u64 * UBI_PEB)
+        })
+}
+
+#[test]
+fn ubi_first_boot_persists_and_rom_files_can_be_renamed_and_removed() {
+    let s = Storage::new(NOR_UBI, &log_name(NOR_UBI, "persist"));
+    let mut g = s.boot(1, &[]);
+    let st = g.status();
+    assert_persistent(&st, "ubifs", "mount");
+    assert_eq!(st["data"]["content"], "erased", "{st}");
+    assert_eq!(st["data"]["device"], "/dev/ubi0_1", "{st}");
+    assert_eq!(st["rom"]["device"], "/dev/ubiblock0_0", "{st}");
+    assert_eq!(st["ubi"]["device"], "ubi0", "{st}");
+    assert_eq!(st["ubi"]["volume"], "rootfs_data", "{st}");
+    assert_eq!(st["ubi"]["bad_pebs"], 0, "{st}");
+    assert!(g
+        .run("ovlctl status")
+        .contains("ubi0 volume rootfs_data on mtd"));
+    g.run("echo first-boot > /etc/hello && rm /etc/banner && mkdir -p /root/dir && echo x > /root/dir/f");
+    // What JFFS2 cannot do as the upper on a stock kernel: UBIFS has RENAME_WHITEOUT.
+    for (what, cmd) in [
+        ("rename of a lower file", "mv /etc/group /etc/group2"),
+        ("rm -rf of a lower directory", "rm -rf /etc/ovl"),
+        ("rename of a lower directory", "mv /etc/firstboot.d /etc/fb"),
+        ("hardlink", "ln /etc/hello /etc/hello-hard"),
+        ("fifo", "mkfifo /etc/fifo"),
+    ] {
+        let (code, out) = g.sh(cmd);
+        assert_eq!(code, 0, "{what} (`{cmd}`) failed on UBIFS:\n{out}");
+    }
+    g.poweroff();
+
+    let mut g = s.boot(2, &[]);
+    let st = g.status();
+    assert_persistent(&st, "ubifs", "mount");
+    assert_eq!(st["data"]["content"], "ubifs", "{st}");
+    assert!(g.run("cat /etc/hello /root/dir/f").contains("first-boot"));
+    assert!(g.run("cat /etc/group2").contains("root"));
+    g.run("test ! -e /etc/banner && test ! -e /etc/group && test ! -e /etc/ovl && test -d /etc/fb");
+    assert!(
+        g.run("cat /rom/etc/banner").contains("ovl"),
+        "the ROM lost its copy"
+    );
+    g.poweroff();
+}
+
+#[test]
+fn ubi_corrupt_data_volume_boots_on_tmpfs_and_the_flash_is_untouched() {
+    let s = Storage::new(NOR_UBI, &log_name(NOR_UBI, "corrupt"));
+    let g = s.boot(1, &[]);
+    g.poweroff();
+    let peb = ubi_peb_of(&s, 1, 0).expect("UBIFS wrote LEB 0 of rootfs_data");
+    // The UBIFS superblock node (LEB 0, after UBI's two headers) becomes noise.
+    s.write(peb + 128, &random(4096));
+    let before = s.read(0, 64 * MIB);
+    let mut g = s.boot(2, &[]);
+    assert_tmpfs(&mut g, "tmpfs", "holds unknown, not ubifs; left untouched");
+    g.poweroff();
+    assert!(s.read(0, 64 * MIB) == before, "the flash changed");
+}
+
+#[test]
+fn ubi_failsafe_leaves_the_flash_byte_identical() {
+    let s = Storage::new(NOR_UBI, &log_name(NOR_UBI, "failsafe"));
+    let mut g = s.boot(1, &[]);
+    g.run("echo before > /etc/before && sync");
+    g.poweroff();
+    let before = s.read(0, 64 * MIB);
+    let mut g = s.boot(2, &["--append", "ovl.failsafe"]);
+    assert_tmpfs(&mut g, "failsafe", "failsafe requested");
+    g.run("test ! -e /etc/before");
+    g.poweroff();
+    assert!(s.read(0, 64 * MIB) == before, "failsafe changed the flash");
+}
+
+/// A UBI image with the ROM volume only: preinit makes rootfs_data in the space left.
+#[test]
+fn ubi_missing_data_volume_is_made_from_the_free_space() {
+    let s = Storage::new(NOR_UBI, &log_name(NOR_UBI, "missing"));
+    let dir = s._dir.path();
+    let rom = cache().join("images").join(NOR_UBI).join("rom.sqfs");
+    std::fs::write(
+        dir.join("ubinize.ini"),
+        format!(
+            "[rootfs]\nmode=ubi\nimage={}\nvol_id=0\nvol_type=dynamic\nvol_name=rootfs\nvol_size=16MiB\n",
+            rom.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("ubinize")
+        .arg("-o")
+        .arg(dir.join("ubi.img"))
+        .args(["-p", "256KiB", "-m", "1"])
+        .arg(dir.join("ubinize.ini"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ubinize: {out:?}");
+    let img = std::fs::read(dir.join("ubi.img")).unwrap();
+    s.write(0, &vec![0xff; 64 * MIB as usize]);
+    s.write(0, &img);
+    let mut g = s.boot(1, &[]);
+    let st = g.status();
+    assert_persistent(&st, "ubifs", "mount");
+    assert!(g.text().contains("made UBI volume rootfs_data"), "{st}");
+    g.run("echo kept > /etc/kept");
+    g.poweroff();
+    let mut g = s.boot(2, &[]);
+    assert!(g.run("cat /etc/kept").contains("kept"));
+    g.poweroff();
+}

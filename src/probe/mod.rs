@@ -31,6 +31,9 @@ pub struct Sources {
 pub struct Snapshot {
     pub mtd: Vec<mtd::MtdPart>,
     pub blocks: Vec<block::BlockDev>,
+    /// Attached UBI devices: (ubi number, MTD number).
+    pub ubi_devs: Vec<(u32, u32)>,
+    pub ubi: Vec<crate::ubi::Volume>,
 }
 
 /// Makes the missing nodes of block devices (from their uevents) and MTD character devices
@@ -70,6 +73,8 @@ pub fn snapshot(src: &Sources) -> Snapshot {
             .map(|t| mtd::parse_proc_mtd(&t))
             .unwrap_or_default(),
         blocks: block::scan(&src.sys_dir),
+        ubi_devs: crate::ubi::devices(&src.sys_dir),
+        ubi: crate::ubi::volumes(&src.sys_dir),
     }
 }
 
@@ -78,6 +83,9 @@ pub fn snapshot(src: &Sources) -> Snapshot {
 pub enum Hit {
     Block(PathBuf),
     Mtd(mtd::MtdPart),
+    /// A UBI volume: mounted through its character device (UBIFS), or as a ROM through the
+    /// ubiblock device on it.
+    Ubi(crate::ubi::Volume),
 }
 
 impl Hit {
@@ -86,7 +94,93 @@ impl Hit {
         match self {
             Hit::Block(p) => p.clone(),
             Hit::Mtd(m) => src.dev_dir.join(format!("mtdblock{}", m.index)),
+            Hit::Ubi(v) => src.dev_dir.join(v.dev_name()),
         }
+    }
+}
+
+/// Makes the writable volume when the UBI device it belongs on is attached and lacks it, once
+/// per find: a dynamic volume of all the space UBI has left (the other volumes and their data
+/// are not touched). Returns whether it was made.
+fn ubi_mkvol(
+    sel: &Selector,
+    snap: &Snapshot,
+    src: &Sources,
+    sys: &mut dyn Sys,
+    tried: &mut bool,
+) -> bool {
+    let Selector::Ubi { mtd, volume } = sel else {
+        return false;
+    };
+    if *tried {
+        return false;
+    }
+    let Some(part) = ubi_mtd(mtd, snap) else {
+        return false;
+    };
+    let Some(&(ubi, _)) = snap.ubi_devs.iter().find(|(_, m)| *m == part.index) else {
+        return false;
+    };
+    if snap.ubi.iter().any(|v| v.ubi == ubi && &v.name == volume) {
+        return false;
+    }
+    *tried = true;
+    let avail = crate::ubi::device_number(&src.sys_dir, ubi, "avail_eraseblocks").unwrap_or(0);
+    let leb = crate::ubi::device_number(&src.sys_dir, ubi, "eraseblock_size").unwrap_or(0);
+    if avail == 0 || leb == 0 {
+        log::warn!("ubi{ubi} has no volume {volume} and no free space to make it");
+        return false;
+    }
+    let dev = src.dev_dir.join(format!("ubi{ubi}"));
+    match sys.ubi_mkvol(&dev, volume, avail * leb) {
+        Ok(()) => {
+            log::info!("made UBI volume {volume} on ubi{ubi}: {} LEBs", avail);
+            true
+        }
+        Err(e) => {
+            log::warn!("{e}");
+            false
+        }
+    }
+}
+
+/// The MTD partition a UBI selector attaches: the one it names, else OpenWrt's `ubi`.
+fn ubi_mtd<'a>(mtd: &Option<String>, snap: &'a Snapshot) -> Option<&'a mtd::MtdPart> {
+    mtd::find(&snap.mtd, mtd.as_deref().unwrap_or("ubi"))
+}
+
+/// Attaches the MTD partition a UBI selector needs when the kernel has not, once per find.
+/// Returns the kernel's refusal, which is the reason a boot goes to tmpfs: an image that does
+/// not attach is left as it is.
+fn ubi_attach(
+    sel: &Selector,
+    snap: &Snapshot,
+    src: &Sources,
+    sys: &mut dyn Sys,
+    tried: &mut Vec<u32>,
+) -> Option<String> {
+    let Selector::Ubi { mtd, .. } = sel else {
+        return None;
+    };
+    let part = ubi_mtd(mtd, snap)?;
+    if snap.ubi_devs.iter().any(|(_, m)| *m == part.index) || tried.contains(&part.index) {
+        return None;
+    }
+    let ctrl = src.dev_dir.join("ubi_ctrl");
+    if !ctrl.exists() {
+        // The ubi module is not loaded yet, or devtmpfs has not made the node: next round.
+        return None;
+    }
+    tried.push(part.index);
+    match sys.ubi_attach(&ctrl, part.index) {
+        Ok(n) => {
+            log::info!("attached mtd{} ({}) as ubi{n}", part.index, part.name);
+            None
+        }
+        Err(e) => Some(format!(
+            "UBI refused to attach mtd{} ({}): {e}; left untouched",
+            part.index, part.name
+        )),
     }
 }
 
@@ -160,6 +254,22 @@ pub fn resolve(sel: &Selector, role: &str, snap: &Snapshot, src: &Sources) -> Op
         }
         Selector::Auto => resolve(&Selector::PartName(role.into()), role, snap, src)
             .or_else(|| resolve(&Selector::Mtd(role.into()), role, snap, src)),
+        Selector::Ubi { mtd, volume } => {
+            let on = mtd.as_ref().map(|_| ubi_mtd(mtd, snap));
+            snap.ubi.iter().find_map(|v| {
+                if &v.name != volume {
+                    return None;
+                }
+                if let Some(part) = on {
+                    let part = part?;
+                    if !snap.ubi_devs.contains(&(v.ubi, part.index)) {
+                        return None;
+                    }
+                }
+                node(&v.dev_name())?;
+                Some(Hit::Ubi(v.clone()))
+            })
+        }
         // Needs the ROM: see find.
         Selector::AfterRom => None,
     }
@@ -199,15 +309,46 @@ pub struct Found {
 pub fn find(w: &Wanted, src: &Sources, sys: &mut dyn Sys) -> Found {
     let start = Instant::now();
     let (mut rom_hit, mut data_hit);
+    let (mut attach_tried, mut attach_err) = (Vec::new(), None);
+    let (mut block_tried, mut mkvol_tried) = (false, false);
     loop {
-        let snap = snapshot(src);
+        let mut snap = snapshot(src);
         if src.make_nodes {
             make_nodes(&snap, src, sys);
+        }
+        let mut attached = false;
+        for sel in [&w.rom, &w.data].into_iter().flatten() {
+            let before = attach_tried.len();
+            if let Some(e) = ubi_attach(sel, &snap, src, sys, &mut attach_tried) {
+                log::warn!("{e}");
+                attach_err = Some(e);
+            }
+            attached |= attach_tried.len() > before;
+        }
+        if attached {
+            snap = snapshot(src);
+        }
+        if let Some(sel) = &w.data {
+            if ubi_mkvol(sel, &snap, src, sys, &mut mkvol_tried) {
+                snap = snapshot(src);
+            }
         }
         rom_hit = w
             .rom
             .as_ref()
             .and_then(|s| resolve(s, "rootfs", &snap, src));
+        // A squashfs in a UBI volume mounts through a ubiblock device, made once here.
+        if let Some(Hit::Ubi(v)) = &rom_hit {
+            if !src.dev_dir.join(v.block_name()).exists() {
+                if !block_tried {
+                    block_tried = true;
+                    if let Err(e) = sys.ubi_block(&src.dev_dir.join(v.dev_name())) {
+                        log::warn!("ubiblock on {}: {e}", v.dev_name());
+                    }
+                }
+                rom_hit = None;
+            }
+        }
         data_hit = match &w.data {
             Some(Selector::AfterRom) => None,
             Some(Selector::Auto) => resolve(&Selector::Auto, "rootfs_data", &snap, src),
@@ -238,7 +379,10 @@ pub fn find(w: &Wanted, src: &Sources, sys: &mut dyn Sys) -> Found {
     let waited = start.elapsed().as_millis();
     let rom = match (&w.rom, &rom_hit) {
         (None, _) => Err("the ROM is the current root".to_string()),
-        (Some(sel), None) => Err(format!("no ROM partition ({sel}) after {waited} ms")),
+        (Some(sel), None) => Err(match (&attach_err, sel) {
+            (Some(e), Selector::Ubi { .. }) => format!("no ROM ({sel}): {e}"),
+            _ => format!("no ROM partition ({sel}) after {waited} ms"),
+        }),
         (Some(_), Some(hit)) => check_rom(hit, src),
     };
     let data = match (&w.data, data_hit) {
@@ -256,13 +400,20 @@ pub fn find(w: &Wanted, src: &Sources, sys: &mut dyn Sys) -> Found {
                 "no writable partition (auto: partname:rootfs_data, mtd:rootfs_data, after-rom) after {waited} ms"
             )),
         },
+        (Some(sel @ Selector::Ubi { .. }), None) => Err(match &attach_err {
+            Some(e) => format!("no writable partition ({sel}): {e}"),
+            None => format!("no writable partition ({sel}) after {waited} ms"),
+        }),
         (Some(sel), None) => Err(format!("no writable partition ({sel}) after {waited} ms")),
     };
     Found { rom, data }
 }
 
 fn check_rom(hit: &Hit, src: &Sources) -> Result<RomFound, String> {
-    let dev = hit.mount_dev(src);
+    let dev = match hit {
+        Hit::Ubi(v) => src.dev_dir.join(v.block_name()),
+        _ => hit.mount_dev(src),
+    };
     let head =
         read_head(&dev, PROBE_BYTES).map_err(|e| format!("read ROM {}: {e}", dev.display()))?;
     match identify(&head) {
@@ -281,6 +432,7 @@ fn identify_data(hit: &Hit, src: &Sources) -> Result<DataFound, String> {
     let dev = hit.mount_dev(src);
     let (read_from, kind) = match hit {
         Hit::Block(_) => (dev.clone(), DataKind::Block),
+        Hit::Ubi(_) => (dev.clone(), DataKind::Ubi),
         Hit::Mtd(m) => {
             let char_dev = src.dev_dir.join(format!("mtd{}", m.index));
             let kind = DataKind::Mtd {
@@ -303,6 +455,9 @@ fn identify_data(hit: &Hit, src: &Sources) -> Result<DataFound, String> {
     let content = match hit {
         Hit::Mtd(m) => mtd_content(&read_from, &head, m)?,
         Hit::Block(_) => block_content(&read_from, &head)?,
+        // An empty volume reads as 0xFF (unmapped LEBs), or as nothing when it has no size.
+        Hit::Ubi(_) if head.is_empty() => Content::Erased,
+        Hit::Ubi(_) => identify(&head),
     };
     Ok(DataFound {
         device: dev.display().to_string(),
@@ -443,6 +598,67 @@ mod tests {
             }
             std::fs::write(self.src.proc_dir.join("mtd"), text).unwrap();
         }
+    }
+
+    /// A UBI device on mtd `mtd` with volumes (name, content); the nodes are plain files.
+    fn ubi(f: &Fixture, mtd: u32, vols: &[(&str, &[u8])]) {
+        let c = f.src.sys_dir.join("class/ubi");
+        std::fs::create_dir_all(c.join("ubi0")).unwrap();
+        std::fs::write(c.join("ubi0/mtd_num"), format!("{mtd}\n")).unwrap();
+        for (i, (name, content)) in vols.iter().enumerate() {
+            std::fs::create_dir_all(c.join(format!("ubi0_{i}"))).unwrap();
+            std::fs::write(c.join(format!("ubi0_{i}/name")), format!("{name}\n")).unwrap();
+            std::fs::write(f.src.dev_dir.join(format!("ubi0_{i}")), content).unwrap();
+        }
+    }
+
+    #[test]
+    fn ubi_volumes_are_found_by_name_on_the_named_mtd() {
+        let f = Fixture::new();
+        f.mtd(&[("bank0", b""), ("ubi", b"UBI#")]);
+        ubi(
+            &f,
+            1,
+            &[
+                ("rootfs", &squashfs(4096, 8192)),
+                ("rootfs_data", &[0xff; 4096]),
+            ],
+        );
+        std::fs::write(f.src.dev_dir.join("ubiblock0_0"), squashfs(4096, 8192)).unwrap();
+        let snap = snapshot(&f.src);
+        let sel = |s: &str| Selector::parse(s).unwrap();
+        let hit = resolve(&sel("ubi:ubi/rootfs_data"), "rootfs_data", &snap, &f.src);
+        assert!(
+            matches!(&hit, Some(Hit::Ubi(v)) if v.dev_name() == "ubi0_1"),
+            "{hit:?}"
+        );
+        assert!(resolve(&sel("ubi:rootfs_data"), "rootfs_data", &snap, &f.src).is_some());
+        assert_eq!(
+            resolve(&sel("ubi:bank0/rootfs_data"), "x", &snap, &f.src),
+            None
+        );
+        assert_eq!(
+            resolve(&sel("ubi:nope/rootfs_data"), "x", &snap, &f.src),
+            None
+        );
+        assert_eq!(resolve(&sel("ubi:other"), "x", &snap, &f.src), None);
+        let mut sys = Recorder::default();
+        let found = find(
+            &wanted(Some("ubi:ubi/rootfs"), Some("ubi:ubi/rootfs_data"), 0),
+            &f.src,
+            &mut sys,
+        );
+        assert!(found.rom.unwrap().device.ends_with("ubiblock0_0"));
+        let d = found.data.unwrap();
+        assert_eq!((d.kind, d.content), (DataKind::Ubi, Content::Erased));
+        // Attached already: nothing attached, nothing made.
+        assert!(
+            !sys.calls
+                .iter()
+                .any(|c| c.contains("ubi attach") || c.contains("mkvol")),
+            "{:?}",
+            sys.calls
+        );
     }
 
     fn squashfs(bytes_used: u64, total: usize) -> Vec<u8> {

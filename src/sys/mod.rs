@@ -203,6 +203,12 @@ pub trait Sys {
     fn mtd_erase(&mut self, dev: &Path) -> SysResult<EraseReport>;
     /// Attaches `backing` from `offset` to a free loop device (auto-clearing) and names it.
     fn loop_attach(&mut self, backing: &Path, offset: u64) -> SysResult<PathBuf>;
+    /// Attaches MTD number `mtd` to UBI through the control node `ctrl`; the UBI number.
+    fn ubi_attach(&mut self, ctrl: &Path, mtd: u32) -> SysResult<u32>;
+    /// Puts a ubiblock device on the UBI volume node `vol`.
+    fn ubi_block(&mut self, vol: &Path) -> SysResult<()>;
+    /// Makes the dynamic volume `name` of `bytes` on the UBI device node `dev` (`/dev/ubiN`).
+    fn ubi_mkvol(&mut self, dev: &Path, name: &str, bytes: u64) -> SysResult<()>;
     fn write_file(&mut self, path: &Path, bytes: &[u8]) -> SysResult<()>;
     fn exists(&mut self, path: &Path) -> bool;
     /// Random bytes that never wait for the kernel's entropy (identifiers, not keys).

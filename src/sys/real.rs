@@ -260,6 +260,25 @@ impl Sys for Real {
         Ok(path)
     }
 
+    fn ubi_attach(&mut self, ctrl: &Path, mtd: u32) -> SysResult<u32> {
+        crate::ubi::attach(ctrl, mtd)
+            .map_err(|e| SysError::new(format!("UBI_IOCATT mtd{mtd} on {}", ctrl.display()), e))
+    }
+
+    fn ubi_block(&mut self, vol: &Path) -> SysResult<()> {
+        crate::ubi::create_block(vol)
+            .map_err(|e| SysError::new(format!("UBI_IOCVOLCRBLK on {}", vol.display()), e))
+    }
+
+    fn ubi_mkvol(&mut self, dev: &Path, name: &str, bytes: u64) -> SysResult<()> {
+        crate::ubi::mkvol(dev, name, bytes).map_err(|e| {
+            SysError::new(
+                format!("UBI_IOCMKVOL {name} ({bytes} bytes) on {}", dev.display()),
+                e,
+            )
+        })
+    }
+
     fn write_file(&mut self, path: &Path, bytes: &[u8]) -> SysResult<()> {
         // Written beside and renamed, so a reader never sees half a file.
         let tmp = path.with_extension("tmp");

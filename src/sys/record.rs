@@ -130,6 +130,16 @@ impl Sys for Recorder {
         self.loops += 1;
         Ok(PathBuf::from(format!("/dev/loop{}", 90 + self.loops)))
     }
+    fn ubi_attach(&mut self, ctrl: &Path, mtd: u32) -> SysResult<u32> {
+        self.call(format!("ubi attach mtd{mtd} via {}", ctrl.display()))
+            .map(|()| 0)
+    }
+    fn ubi_block(&mut self, vol: &Path) -> SysResult<()> {
+        self.call(format!("ubiblock {}", vol.display()))
+    }
+    fn ubi_mkvol(&mut self, dev: &Path, name: &str, bytes: u64) -> SysResult<()> {
+        self.call(format!("ubi mkvol {name} {bytes} on {}", dev.display()))
+    }
     fn write_file(&mut self, path: &Path, bytes: &[u8]) -> SysResult<()> {
         self.call(format!("write {} ({} bytes)", path.display(), bytes.len()))?;
         self.written.push((path.to_path_buf(), bytes.to_vec()));
