@@ -123,6 +123,10 @@ fn step(sys: &mut dyn Sys, s: &Step, done: &mut Done) -> Result<(), SysError> {
             // cleared first would leave the old file system to be mounted.
             sys.clear_reset_mark(Path::new(device))
         }
+        Step::Truncate { vol_dev } => {
+            log::info!("emptying {vol_dev} (a reset was cut short)");
+            sys.ubi_truncate(Path::new(vol_dev))
+        }
         Step::Erase { char_dev } => {
             log::info!("erasing {char_dev} (reset marker found)");
             let r = sys.mtd_erase(Path::new(char_dev))?;

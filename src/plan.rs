@@ -165,6 +165,11 @@ pub enum Step {
     Erase {
         char_dev: String,
     },
+    /// Empties a UBI volume (a volume update of no bytes: every LEB unmapped), finishing a
+    /// reset that a cut left with UBI's update marker set.
+    Truncate {
+        vol_dev: String,
+    },
     /// Finishes or rolls back a restore that a cut stopped (see [`crate::restore::recover`]),
     /// before init reads any of it. Never fails the rung: the outcome is a note.
     FinishRestore {
@@ -389,6 +394,13 @@ fn persistent_upper(input: &PlanInput, data: &DataFound) -> Result<Upper, String
         }
         // UBIFS formats an empty volume (every LEB unmapped reads as 0xFF) as it mounts it.
         ("ubifs", Content::Erased) => "mount",
+        // A reset's truncation cut short: UBI refuses to read the volume until it is updated.
+        ("ubifs", Content::ResetMark) => {
+            steps.push(Step::Truncate {
+                vol_dev: dev.clone(),
+            });
+            "erase"
+        }
         // JFFS2 formats erased flash itself as it writes.
         ("jffs2", Content::Erased) => "mount",
         ("jffs2", Content::Marker | Content::ResetMark) => {
@@ -637,6 +649,50 @@ mod tests {
         );
         assert!(p.upper.contains(&Step::Mkdir("/t/overlay/upper".into())));
         assert!(p.upper.contains(&Step::Mkdir("/t/overlay/work".into())));
+    }
+
+    fn ubi(content: Content) -> Result<DataFound, String> {
+        Ok(DataFound {
+            device: "/dev/ubi0_1".into(),
+            kind: DataKind::Ubi,
+            content,
+        })
+    }
+
+    #[test]
+    fn ubifs_mounts_empty_or_own_volumes_and_nothing_else() {
+        for (c, action) in [(Content::Ubifs, "mount"), (Content::Erased, "mount")] {
+            let p = build(&input(BootKind::Initramfs, ubi(c)));
+            assert_eq!((p.mode, p.data_action), (Mode::Persistent, Some(action)));
+            assert_eq!(
+                mounts(&p.upper),
+                ["mount /dev/ubi0_1 on /t/overlay (ubifs)"]
+            );
+        }
+        let p = build(&input(BootKind::Initramfs, ubi(Content::ResetMark)));
+        assert_eq!(p.data_action, Some("erase"));
+        assert_eq!(
+            p.upper[0],
+            Step::Truncate {
+                vol_dev: "/dev/ubi0_1".into()
+            }
+        );
+        for c in [
+            Content::Jffs2,
+            Content::Unknown,
+            Content::Gzip,
+            Content::Zeroes,
+        ] {
+            let p = build(&input(BootKind::Initramfs, ubi(c.clone())));
+            assert_eq!(p.mode, Mode::Tmpfs, "{c:?}");
+            assert!(p.reason.unwrap().contains("left untouched"));
+        }
+        let mut i = input(BootKind::Initramfs, ubi(Content::Ubifs));
+        i.fs = FsChoice::Jffs2;
+        assert!(build(&i).reason.unwrap().contains("takes ubifs"));
+        let mut i = input(BootKind::Initramfs, mtd(Content::Erased));
+        i.fs = FsChoice::Ubifs;
+        assert!(build(&i).reason.unwrap().contains("needs a UBI volume"));
     }
 
     #[test]

@@ -46,6 +46,11 @@ enum Partition {
     MarkBlock {
         dev: PathBuf,
     },
+    /// A UBI volume holding UBIFS (or a truncation cut short): emptied by a volume update of
+    /// no bytes.
+    TruncateUbi {
+        dev: PathBuf,
+    },
     /// Nothing to do, and why (already erased, already marked).
     Nothing(String),
     /// Cannot be reset, and why (not found, foreign, unreadable).
@@ -78,8 +83,51 @@ fn content_of(dev: &Path, part: Option<&crate::probe::mtd::MtdPart>) -> Result<C
     }
 }
 
+/// The volume behind `/dev/ubiN_M`, from sysfs.
+fn ubi_volume(dev: &Path) -> Option<crate::ubi::Volume> {
+    let name = dev.to_str()?.strip_prefix("/dev/")?;
+    crate::ubi::volumes(Path::new("/sys"))
+        .into_iter()
+        .find(|v| v.dev_name() == name)
+}
+
+fn classify_ubi(dev: &Path, v: &crate::ubi::Volume, mounts: &[MountInfo]) -> Partition {
+    let name = dev.display();
+    let ubi_name = format!("ubi{}:{}", v.ubi, v.name);
+    if let Some(m) = mounts
+        .iter()
+        .find(|m| Path::new(&m.source) == dev || m.source == ubi_name)
+    {
+        return Partition::CannotReach(format!(
+            "{name} is mounted on {}: unmount it first",
+            m.mount_point
+        ));
+    }
+    if crate::ubi::volume_number(Path::new("/sys"), v, "upd_marker") == Some(1) {
+        return Partition::TruncateUbi {
+            dev: dev.to_path_buf(),
+        };
+    }
+    match crate::probe::read_head(dev, magic::PROBE_BYTES).map(|h| magic::identify(&h)) {
+        Ok(Content::Ubifs) => Partition::TruncateUbi {
+            dev: dev.to_path_buf(),
+        },
+        Ok(Content::Erased) => {
+            Partition::Nothing(format!("{name} (UBI volume {}) is empty", v.name))
+        }
+        Ok(c) => Partition::CannotReach(format!(
+            "{name} holds {}, which ovl did not write: left untouched",
+            c.name()
+        )),
+        Err(e) => Partition::CannotReach(format!("read {name}: {e}")),
+    }
+}
+
 fn classify(dev: &Path, mounts: &[MountInfo]) -> Partition {
     let name = dev.display();
+    if let Some(v) = ubi_volume(dev) {
+        return classify_ubi(dev, &v, mounts);
+    }
     if let Some(part) = mtd_part(dev) {
         let char_dev = PathBuf::from(part.char_dev());
         return match content_of(dev, Some(&part)) {
@@ -206,6 +254,12 @@ pub fn run(o: &Opts) -> Result<()> {
                  formats it.",
                 dev.display()
             ),
+            Partition::TruncateUbi { dev } => format!(
+                "The writable UBI volume {} (UBIFS, not mounted) is emptied now (a volume update \
+                 of no bytes: UBI unmaps every block, and a cut leaves the volume unreadable \
+                 until the next boot finishes it); the next boot formats it.",
+                dev.display()
+            ),
             Partition::Nothing(why) => format!("The writable partition: {why}."),
             Partition::CannotReach(why) => {
                 format!("The writable partition cannot be reset: {why}.")
@@ -269,6 +323,15 @@ pub fn run(o: &Opts) -> Result<()> {
         Partition::MarkBlock { dev } => {
             mark_block(dev)?;
             println!("marked {}: the next boot formats it", dev.display());
+        }
+        Partition::TruncateUbi { dev } => {
+            crate::ubi::update(dev, &[], &mut |_, _| {})
+                .map_err(|e| anyhow!("empty {}: UBI_IOCVOLUP: {}", dev.display(), e.desc()))?;
+            println!(
+                "emptied the UBI volume {} in {:.2} s: the next boot formats it as UBIFS",
+                dev.display(),
+                t.elapsed().as_secs_f64()
+            );
         }
         Partition::CannotReach(why) => println!("not reset: {why}"),
         Partition::Nothing(_) | Partition::Mounted => {}

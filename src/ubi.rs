@@ -128,6 +128,15 @@ pub fn device_number(sys_dir: &Path, ubi: u32, what: &str) -> Option<u64> {
         .ok()
 }
 
+/// A number sysfs publishes for a volume (`upd_marker`, `corrupted`, `reserved_ebs`, ...).
+pub fn volume_number(sys_dir: &Path, v: &Volume, what: &str) -> Option<u64> {
+    std::fs::read_to_string(sys_dir.join(format!("class/ubi/{}/{what}", v.dev_name())))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 fn open_rw(p: &Path) -> Result<std::fs::File, Errno> {
     std::fs::OpenOptions::new()
         .read(true)

@@ -2013,3 +2013,23 @@ fn ubi_missing_data_volume_is_made_from_the_free_space() {
     assert!(g.run("cat /etc/kept").contains("kept"));
     g.poweroff();
 }
+
+/// From failsafe the writable volume is not mounted: reset empties it through UBI (a volume
+/// update of no bytes), and the next boot formats it and starts from the ROM's state.
+#[test]
+fn ubi_reset_from_failsafe_empties_the_volume() {
+    let s = Storage::new(NOR_UBI, &log_name(NOR_UBI, "reset"));
+    let mut g = s.boot(1, &[]);
+    g.run("echo old > /etc/old && rm /etc/banner && sync");
+    g.poweroff();
+    let mut g = s.boot(2, &["--append", "ovl.failsafe"]);
+    let out = g.run("ovlctl reset -y");
+    assert!(out.contains("emptied the UBI volume /dev/ubi0_1"), "{out}");
+    g.poweroff();
+    let mut g = s.boot(3, &[]);
+    let st = g.status();
+    assert_persistent(&st, "ubifs", "mount");
+    assert_eq!(st["data"]["content"], "erased", "{st}");
+    g.run("test ! -e /etc/old && test -e /etc/banner");
+    g.poweroff();
+}

@@ -450,11 +450,20 @@ fn identify_data(hit: &Hit, src: &Sources) -> Result<DataFound, String> {
             )
         }
     };
-    let head = read_head(&read_from, PROBE_BYTES)
-        .map_err(|e| format!("read {}: {e}", read_from.display()))?;
+    let marked = matches!(hit, Hit::Ubi(v) if crate::ubi::volume_number(&src.sys_dir, v, "upd_marker") == Some(1));
+    let head = if marked {
+        Vec::new()
+    } else {
+        read_head(&read_from, PROBE_BYTES)
+            .map_err(|e| format!("read {}: {e}", read_from.display()))?
+    };
     let content = match hit {
         Hit::Mtd(m) => mtd_content(&read_from, &head, m)?,
         Hit::Block(_) => block_content(&read_from, &head)?,
+        // UBI's update marker: an update (ovl's reset truncates a volume this way) was cut.
+        Hit::Ubi(v) if crate::ubi::volume_number(&src.sys_dir, v, "upd_marker") == Some(1) => {
+            Content::ResetMark
+        }
         // An empty volume reads as 0xFF (unmapped LEBs), or as nothing when it has no size.
         Hit::Ubi(_) if head.is_empty() => Content::Erased,
         Hit::Ubi(_) => identify(&head),

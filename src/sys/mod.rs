@@ -209,6 +209,8 @@ pub trait Sys {
     fn ubi_block(&mut self, vol: &Path) -> SysResult<()>;
     /// Makes the dynamic volume `name` of `bytes` on the UBI device node `dev` (`/dev/ubiN`).
     fn ubi_mkvol(&mut self, dev: &Path, name: &str, bytes: u64) -> SysResult<()>;
+    /// Empties the UBI volume node `vol` (a volume update of no bytes).
+    fn ubi_truncate(&mut self, vol: &Path) -> SysResult<()>;
     fn write_file(&mut self, path: &Path, bytes: &[u8]) -> SysResult<()>;
     fn exists(&mut self, path: &Path) -> bool;
     /// Random bytes that never wait for the kernel's entropy (identifiers, not keys).

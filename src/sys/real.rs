@@ -279,6 +279,11 @@ impl Sys for Real {
         })
     }
 
+    fn ubi_truncate(&mut self, vol: &Path) -> SysResult<()> {
+        crate::ubi::update(vol, &[], &mut |_, _| {})
+            .map_err(|e| SysError::new(format!("UBI_IOCVOLUP 0 on {}", vol.display()), e))
+    }
+
     fn write_file(&mut self, path: &Path, bytes: &[u8]) -> SysResult<()> {
         // Written beside and renamed, so a reader never sees half a file.
         let tmp = path.with_extension("tmp");

@@ -140,6 +140,9 @@ impl Sys for Recorder {
     fn ubi_mkvol(&mut self, dev: &Path, name: &str, bytes: u64) -> SysResult<()> {
         self.call(format!("ubi mkvol {name} {bytes} on {}", dev.display()))
     }
+    fn ubi_truncate(&mut self, vol: &Path) -> SysResult<()> {
+        self.call(format!("ubi truncate {}", vol.display()))
+    }
     fn write_file(&mut self, path: &Path, bytes: &[u8]) -> SysResult<()> {
         self.call(format!("write {} ({} bytes)", path.display(), bytes.len()))?;
         self.written.push((path.to_path_buf(), bytes.to_vec()));
