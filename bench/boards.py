@@ -170,7 +170,7 @@ def reset_figures(board="qemu-aarch64-nor"):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--boots", type=int, default=5, help="later boots per board and kind (default 5)")
-    ap.add_argument("boards", nargs="*", default=["qemu-aarch64-nor", "qemu-x86_64-disk"])
+    ap.add_argument("boards", nargs="*", default=["qemu-aarch64-nor", "qemu-aarch64-nor-ubi", "qemu-x86_64-disk"])
     ap.add_argument("--no-reset", action="store_true", help="skip the factory reset figures")
     a = ap.parse_args()
     ms = lambda s: f"{s * 1000:8.0f} ms"

@@ -9,6 +9,6 @@ OVL_STEP=bench
 need_root
 boards=()
 for a in "$@"; do case $a in qemu-*) boards+=("$a") ;; esac; done
-[ ${#boards[@]} -gt 0 ] || boards=(qemu-aarch64-nor qemu-x86_64-disk)
+[ ${#boards[@]} -gt 0 ] || boards=(qemu-aarch64-nor qemu-aarch64-nor-ubi qemu-x86_64-disk)
 qemu-arm/build.sh "${boards[@]}"
 exec python3 bench/boards.py "$@"

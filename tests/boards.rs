@@ -2033,3 +2033,28 @@ fn ubi_reset_from_failsafe_empties_the_volume() {
     g.run("test ! -e /etc/old && test -e /etc/banner");
     g.poweroff();
 }
+
+#[test]
+fn ubi_power_cut_after_sync_keeps_the_data() {
+    power_cut_after_sync(NOR_UBI, "ubifs", "ubi-cut-after-sync");
+}
+
+#[test]
+fn ubi_power_cut_during_writes_keeps_what_was_synced() {
+    power_cut_during_writes(NOR_UBI, "ubifs", "ubi-cut-during-writes");
+}
+
+/// Without a board's selectors, `auto` finds the UBI volumes where OpenWrt has them: the
+/// `ubi` MTD partition attached, `rootfs` and `rootfs_data` in it.
+#[test]
+fn ubi_auto_finds_rootfs_and_rootfs_data_in_the_ubi_partition() {
+    let s = Storage::new(NOR_UBI, &log_name(NOR_UBI, "auto"));
+    let mut g = s.boot(
+        1,
+        &["--append", "ovl.rom=auto ovl.data=auto ovl.fstype=auto"],
+    );
+    let st = g.status();
+    assert_persistent(&st, "ubifs", "mount");
+    assert_eq!(st["rom"]["device"], "/dev/ubiblock0_0", "{st}");
+    g.poweroff();
+}

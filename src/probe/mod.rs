@@ -159,8 +159,11 @@ fn ubi_attach(
     sys: &mut dyn Sys,
     tried: &mut Vec<u32>,
 ) -> Option<String> {
-    let Selector::Ubi { mtd, .. } = sel else {
-        return None;
+    let mtd = match sel {
+        Selector::Ubi { mtd, .. } => mtd,
+        // OpenWrt's NAND layout: auto looks in the `ubi` partition too.
+        Selector::Auto => &None,
+        _ => return None,
     };
     let part = ubi_mtd(mtd, snap)?;
     if snap.ubi_devs.iter().any(|(_, m)| *m == part.index) || tried.contains(&part.index) {
@@ -253,7 +256,14 @@ pub fn resolve(sel: &Selector, role: &str, snap: &Snapshot, src: &Sources) -> Op
             p.exists().then_some(Hit::Block(p))
         }
         Selector::Auto => resolve(&Selector::PartName(role.into()), role, snap, src)
-            .or_else(|| resolve(&Selector::Mtd(role.into()), role, snap, src)),
+            .or_else(|| resolve(&Selector::Mtd(role.into()), role, snap, src))
+            .or_else(|| {
+                let ubi = Selector::Ubi {
+                    mtd: None,
+                    volume: role.into(),
+                };
+                resolve(&ubi, role, snap, src)
+            }),
         Selector::Ubi { mtd, volume } => {
             let on = mtd.as_ref().map(|_| ubi_mtd(mtd, snap));
             snap.ubi.iter().find_map(|v| {
@@ -391,13 +401,13 @@ pub fn find(w: &Wanted, src: &Sources, sys: &mut dyn Sys) -> Found {
         (Some(sel @ (Selector::AfterRom | Selector::Auto)), None) => match &rom_hit {
             Some(Hit::Block(rom_dev)) => after_rom(rom_dev, sys),
             Some(Hit::Mtd(_)) if matches!(sel, Selector::Auto) => Err(format!(
-                "no writable partition (auto: partname:rootfs_data, mtd:rootfs_data) after {waited} ms"
+                "no writable partition (auto: partname:rootfs_data, mtd:rootfs_data, ubi:rootfs_data) after {waited} ms"
             )),
             _ if matches!(sel, Selector::AfterRom) => {
                 Err("after-rom needs a ROM on a block device".to_string())
             }
             _ => Err(format!(
-                "no writable partition (auto: partname:rootfs_data, mtd:rootfs_data, after-rom) after {waited} ms"
+                "no writable partition (auto: partname:rootfs_data, mtd:rootfs_data, ubi:rootfs_data, after-rom) after {waited} ms"
             )),
         },
         (Some(sel @ Selector::Ubi { .. }), None) => Err(match &attach_err {
