@@ -2058,3 +2058,17 @@ fn ubi_auto_finds_rootfs_and_rootfs_data_in_the_ubi_partition() {
     assert_eq!(st["rom"]["device"], "/dev/ubiblock0_0", "{st}");
     g.poweroff();
 }
+
+/// A partition UBI refuses to attach (here bank 0: no UBI headers anywhere) is left as it
+/// is; the boot goes to tmpfs and says what the kernel answered.
+#[test]
+fn ubi_a_partition_that_does_not_attach_boots_on_tmpfs_with_the_kernels_answer() {
+    let s = Storage::new(NOR_UBI, &log_name(NOR_UBI, "no-attach"));
+    let mut g = s.boot(1, &["--append", "ovl.data=ubi:bank0/rootfs_data"]);
+    let st = assert_tmpfs(&mut g, "tmpfs", "UBI refused to attach mtd0 (bank0)");
+    assert!(
+        st["reason"].as_str().unwrap().contains("left untouched"),
+        "{st}"
+    );
+    g.poweroff();
+}

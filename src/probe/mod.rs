@@ -149,42 +149,63 @@ fn ubi_mtd<'a>(mtd: &Option<String>, snap: &'a Snapshot) -> Option<&'a mtd::MtdP
     mtd::find(&snap.mtd, mtd.as_deref().unwrap_or("ubi"))
 }
 
+/// The MTD partition a selector has UBI attach: `ubi:MTD/..` names it, `ubi:..` and `auto`
+/// use OpenWrt's `ubi` partition.
+fn ubi_part<'a>(sel: &Selector, snap: &'a Snapshot) -> Option<&'a mtd::MtdPart> {
+    match sel {
+        Selector::Ubi { mtd, .. } => ubi_mtd(mtd, snap),
+        Selector::Auto => ubi_mtd(&None, snap),
+        _ => None,
+    }
+}
+
 /// Attaches the MTD partition a UBI selector needs when the kernel has not, once per find.
-/// Returns the kernel's refusal, which is the reason a boot goes to tmpfs: an image that does
-/// not attach is left as it is.
+/// A refusal (the kernel's answer) is kept in `refused` by MTD number: it is the reason a
+/// boot goes to tmpfs, since an image that does not attach is left as it is.
 fn ubi_attach(
     sel: &Selector,
     snap: &Snapshot,
     src: &Sources,
     sys: &mut dyn Sys,
     tried: &mut Vec<u32>,
-) -> Option<String> {
-    let mtd = match sel {
-        Selector::Ubi { mtd, .. } => mtd,
-        // OpenWrt's NAND layout: auto looks in the `ubi` partition too.
-        Selector::Auto => &None,
-        _ => return None,
+    refused: &mut Vec<(u32, String)>,
+) {
+    let Some(part) = ubi_part(sel, snap) else {
+        return;
     };
-    let part = ubi_mtd(mtd, snap)?;
     if snap.ubi_devs.iter().any(|(_, m)| *m == part.index) || tried.contains(&part.index) {
-        return None;
+        return;
     }
     let ctrl = src.dev_dir.join("ubi_ctrl");
     if !ctrl.exists() {
         // The ubi module is not loaded yet, or devtmpfs has not made the node: next round.
-        return None;
+        return;
     }
     tried.push(part.index);
     match sys.ubi_attach(&ctrl, part.index) {
-        Ok(n) => {
-            log::info!("attached mtd{} ({}) as ubi{n}", part.index, part.name);
-            None
+        Ok(n) => log::info!("attached mtd{} ({}) as ubi{n}", part.index, part.name),
+        Err(e) => {
+            let why = format!(
+                "UBI refused to attach mtd{} ({}): {e}; left untouched",
+                part.index, part.name
+            );
+            log::warn!("{why}");
+            refused.push((part.index, why));
         }
-        Err(e) => Some(format!(
-            "UBI refused to attach mtd{} ({}): {e}; left untouched",
-            part.index, part.name
-        )),
     }
+}
+
+/// The refusal that stands in a selector's way, if any.
+fn ubi_refusal<'a>(
+    sel: Option<&Selector>,
+    snap: &Snapshot,
+    refused: &'a [(u32, String)],
+) -> Option<&'a String> {
+    let part = ubi_part(sel?, snap)?;
+    refused
+        .iter()
+        .find(|(m, _)| *m == part.index)
+        .map(|(_, why)| why)
 }
 
 /// `/dev/x` on the command line means `<target>/dev/x` while preinit works below a target.
@@ -319,22 +340,19 @@ pub struct Found {
 pub fn find(w: &Wanted, src: &Sources, sys: &mut dyn Sys) -> Found {
     let start = Instant::now();
     let (mut rom_hit, mut data_hit);
-    let (mut attach_tried, mut attach_err) = (Vec::new(), None);
+    let (mut attach_tried, mut refusals) = (Vec::new(), Vec::new());
     let (mut block_tried, mut mkvol_tried) = (false, false);
+    let mut snap;
     loop {
-        let mut snap = snapshot(src);
+        snap = snapshot(src);
         if src.make_nodes {
             make_nodes(&snap, src, sys);
         }
-        let mut attached = false;
+        let before = attach_tried.len();
         for sel in [&w.rom, &w.data].into_iter().flatten() {
-            let before = attach_tried.len();
-            if let Some(e) = ubi_attach(sel, &snap, src, sys, &mut attach_tried) {
-                log::warn!("{e}");
-                attach_err = Some(e);
-            }
-            attached |= attach_tried.len() > before;
+            ubi_attach(sel, &snap, src, sys, &mut attach_tried, &mut refusals);
         }
+        let attached = attach_tried.len() > before;
         if attached {
             snap = snapshot(src);
         }
@@ -365,10 +383,13 @@ pub fn find(w: &Wanted, src: &Sources, sys: &mut dyn Sys) -> Found {
             Some(s) => resolve(s, "rootfs_data", &snap, src),
             None => None,
         };
-        let rom_ok = w.rom.is_none() || rom_hit.is_some();
+        // Refused: waiting longer changes nothing.
+        let refused = [&w.rom, &w.data].map(|s| ubi_refusal(s.as_ref(), &snap, &refusals));
+        let rom_ok = w.rom.is_none() || rom_hit.is_some() || refused[0].is_some();
         let after_rom_possible =
             matches!(w.data, Some(Selector::AfterRom | Selector::Auto)) && rom_hit.is_some();
-        let data_ok = w.data.is_none() || data_hit.is_some() || after_rom_possible;
+        let data_ok =
+            w.data.is_none() || data_hit.is_some() || after_rom_possible || refused[1].is_some();
         let siblings_complete = matches!(
             (&w.rom, &w.data, &rom_hit),
             (
@@ -389,9 +410,9 @@ pub fn find(w: &Wanted, src: &Sources, sys: &mut dyn Sys) -> Found {
     let waited = start.elapsed().as_millis();
     let rom = match (&w.rom, &rom_hit) {
         (None, _) => Err("the ROM is the current root".to_string()),
-        (Some(sel), None) => Err(match (&attach_err, sel) {
-            (Some(e), Selector::Ubi { .. }) => format!("no ROM ({sel}): {e}"),
-            _ => format!("no ROM partition ({sel}) after {waited} ms"),
+        (Some(sel), None) => Err(match ubi_refusal(Some(sel), &snap, &refusals) {
+            Some(e) => format!("ROM {sel}: {e}"),
+            None => format!("no ROM partition ({sel}) after {waited} ms"),
         }),
         (Some(_), Some(hit)) => check_rom(hit, src),
     };
@@ -410,10 +431,12 @@ pub fn find(w: &Wanted, src: &Sources, sys: &mut dyn Sys) -> Found {
                 "no writable partition (auto: partname:rootfs_data, mtd:rootfs_data, ubi:rootfs_data, after-rom) after {waited} ms"
             )),
         },
-        (Some(sel @ Selector::Ubi { .. }), None) => Err(match &attach_err {
-            Some(e) => format!("no writable partition ({sel}): {e}"),
-            None => format!("no writable partition ({sel}) after {waited} ms"),
-        }),
+        (Some(sel @ Selector::Ubi { .. }), None) => {
+            Err(match ubi_refusal(Some(sel), &snap, &refusals) {
+                Some(e) => format!("writable partition {sel}: {e}"),
+                None => format!("no writable partition ({sel}) after {waited} ms"),
+            })
+        }
         (Some(sel), None) => Err(format!("no writable partition ({sel}) after {waited} ms")),
     };
     Found { rom, data }
