@@ -1,7 +1,7 @@
 # The emulated boards: what each one needs to build and boot. Sourced by build.sh, boot.sh
 # and run. A board's name is its board file's name (board/NAME.json).
 
-BOARDS="qemu-aarch64-nor qemu-x86_64-disk qemu-x86_64-combined qemu-armv7-nor qemu-aarch64-nor-ubi"
+BOARDS="qemu-aarch64-nor qemu-x86_64-disk qemu-x86_64-combined qemu-armv7-nor qemu-aarch64-nor-ubi qemu-armv7-nand"
 DEFAULT_BOARD=qemu-aarch64-nor
 
 # NOR layout on the virt board, aarch64 and armv7 alike: two 64 MiB CFI banks that physmap
@@ -37,6 +37,13 @@ board_vars() {
         STORAGE=nor-ubi
         APPEND="cmdlinepart.mtdparts=$NOR_UBI_MTDPARTS"
         ;;
+    qemu-armv7-nand)
+        # The ROM on NOR; the writable UBI on a NAND chip that nandsim keeps in RAM (so it is
+        # empty, bad blocks and all, at every boot: for NAND behaviour within one boot).
+        CONSOLE=ttyAMA0
+        STORAGE=nor-nand
+        APPEND="cmdlinepart.mtdparts=$NOR_MTDPARTS_NO_DATA"
+        ;;
     qemu-x86_64-disk | qemu-x86_64-combined)
         ARCH=amd64
         RUST_TARGET=x86_64-unknown-linux-musl
@@ -57,7 +64,7 @@ board_vars() {
         QEMU=qemu-system-aarch64
         QEMU_MACHINE="-M virt -cpu cortex-a53"
         ;;
-    qemu-armv7-nor)
+    qemu-armv7-nor | qemu-armv7-nand)
         # The same NOR router on 32-bit ARM: Debian's armmp kernel, where mtd and chipreg are
         # built in. No musl std for armv7 from rustup: ovl links statically against glibc.
         ARCH=armhf

@@ -45,7 +45,7 @@ fi
 append="console=$CONSOLE panic=-1 $APPEND"
 drive=()
 case $STORAGE in
-nor | nor-ubi)
+nor*)
     [ $no_data = 1 ] && [ "$STORAGE" = nor ] && append="console=$CONSOLE panic=-1 cmdlinepart.mtdparts=$NOR_MTDPARTS_NO_DATA"
     drive=(-drive "if=pflash,unit=1,format=raw,file=$storage")
     ;;

@@ -139,7 +139,7 @@ build_board() {
     echo "ovl $BOARD" > "$rom/etc/banner"
     # What sysupgrade compares a new image with (see README, "Upgrade").
     printf 'version %s\ncompat %s\n' "$IMAGE_VERSION" "$IMAGE_COMPAT" > "$rom/etc/ovl/release"
-    if [ "$STORAGE" = nor ] || [ "$STORAGE" = nor-ubi ]; then
+    if [ "${STORAGE#nor}" != "$STORAGE" ]; then
         # Not needed to boot: they let the board read an upgrade image from a second disk.
         mkdir -p "$rom/lib/modules/$release"
         for m in virtio_mmio virtio_blk; do
@@ -148,7 +148,7 @@ build_board() {
     fi
     printf 'root:x:0:0:root:/root:/bin/sh\n' > "$rom/etc/passwd"
     printf 'root:x:0:\n' > "$rom/etc/group"
-    if [ "$STORAGE" != nor ] && [ "$STORAGE" != nor-ubi ]; then
+    if [ "${STORAGE#nor}" = "$STORAGE" ]; then
         # ext4 boards format their data partition on first boot: ship mkfs.ext4 in the ROM.
         [ "$ARCH" = "$(dpkg --print-architecture)" ] || die "mkfs.ext4 for $ARCH is not packaged here"
         copy_with_libs /usr/sbin/mkfs.ext4 "$rom"
@@ -173,7 +173,7 @@ build_board() {
     (cd "$ird" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | gzip -6 > "$out/initramfs.cpio.gz")
 
     # The baseline's shell preinit knows MTD and GPT names, not UBI volumes.
-    if [ "$STORAGE" != combined ] && [ "$STORAGE" != nor-ubi ]; then
+    if [ "$STORAGE" != combined ] && [ "$STORAGE" != nor-ubi ] && [ "$STORAGE" != nor-nand ]; then
         say "[$BOARD] baseline initramfs (busybox shell preinit, for the benchmark)"
         local bld=$work/baseline
         mkdir -p "$bld"/{bin,dev,etc,lib/modules}
@@ -197,7 +197,7 @@ PY
     rm -f "$img"
     rom_bytes=$(stat -c %s "$out/rom.sqfs")
     case $STORAGE in
-    nor)
+    nor | nor-nand)
         [ "$rom_bytes" -le $((NOR_ROM_MIB << 20)) ] || die "ROM is $rom_bytes bytes, more than the ${NOR_ROM_MIB} MiB partition"
         # Flash is erased to 0xFF; the ROM goes at the start of bank 1.
         head -c $((NOR_BANK_MIB << 20)) /dev/zero | tr '\0' '\377' > "$img"

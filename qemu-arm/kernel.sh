@@ -54,7 +54,8 @@ DEFAULT_MODULES_arm64="mtd chipreg cfi_util gen_probe cfi_cmdset_0001 cfi_probe 
   mtd_blkdevs mtdblock jffs2 squashfs overlay virtio_mmio virtio_blk crc32c_generic jbd2 mbcache
   crc16 ext4 ubi zstd_compress zstd ubifs"
 # shellcheck disable=SC2034
-DEFAULT_MODULES_armhf=$DEFAULT_MODULES_arm64
+# nandsim: the NAND board keeps its UBI in RAM (arm64 has no nandsim).
+DEFAULT_MODULES_armhf="$DEFAULT_MODULES_arm64 deflate nandsim"
 # shellcheck disable=SC2034
 DEFAULT_MODULES_amd64="virtio virtio_ring virtio_pci virtio_blk loop squashfs overlay jbd2 mbcache
   crc16 crc32c_generic crc32c_intel ext4"

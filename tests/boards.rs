@@ -2072,3 +2072,41 @@ fn ubi_a_partition_that_does_not_attach_boots_on_tmpfs_with_the_kernels_answer()
     );
     g.poweroff();
 }
+
+// ---- NAND: UBI on nandsim (its NAND lives in RAM: empty at every boot) ----
+
+const NAND: &str = "qemu-armv7-nand";
+
+/// nandsim's chip with three bad blocks (5 and 17 in the UBI partition, 600 in the second
+/// one): UBI attaches the empty NAND around its bad blocks, preinit makes rootfs_data and
+/// UBIFS formats it; then an image written to the second partition goes around block 600
+/// and reads back whole.
+#[test]
+fn nand_attaches_around_bad_blocks_and_a_flash_write_skips_them() {
+    let s = Storage::new(NAND, &log_name(NAND, "bad-blocks"));
+    let img = cache().join("images").join(NAND).join("sysupgrade.img");
+    let len = std::fs::metadata(&img).unwrap().len();
+    let disk = s._dir.path().join("img.disk");
+    std::fs::copy(&img, &disk).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .set_len(len.div_ceil(65536) * 65536)
+        .unwrap();
+    let mut g = s.boot(1, &["--disk", disk.to_str().unwrap()]);
+    let st = g.status();
+    assert_persistent(&st, "ubifs", "mount");
+    assert_eq!(st["ubi"]["bad_pebs"], 2, "{st}");
+    assert_eq!(st["ubi"]["volume"], "rootfs_data", "{st}");
+    g.run("echo on-nand > /etc/nand && sync && cat /etc/nand");
+    assert!(g
+        .run("cat /proc/mtd")
+        .contains("NAND simulator partition 1"));
+    let dev = upgrade_disk(&mut g, NAND);
+    g.run(&format!("head -c {len} {dev} > /tmp/up.img"));
+    let out = g.run("ovlctl sysupgrade -n --no-reboot --rom-dev /dev/mtd3 /tmp/up.img 2>&1");
+    assert!(out.contains("block 88 is bad; skipped"), "{out}");
+    assert!(out.contains("written and verified"), "{out}");
+    g.poweroff();
+}
