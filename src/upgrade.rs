@@ -486,7 +486,16 @@ pub fn run(o: &Opts) -> Result<()> {
         );
     }
     let target = crate::flash::Target::of(&dev);
-    let room = target.room().ok();
+    // Unknown room is refused before writing: a write that runs out of flash half way
+    // would leave neither ROM.
+    let room = match target.room() {
+        Ok(r) => Some(r),
+        Err(e) if o.test_only => {
+            println!("note: the ROM partition's size is not known ({e:#})");
+            None
+        }
+        Err(e) => return Err(e.context("the ROM partition's size: nothing was written")),
+    };
     let current = release(&o.keep.root).map(|(_, c)| c);
     let v = crate::image::check(&img, board.as_deref(), current, !o.keep.nothing, room);
     for w in &v.warnings {

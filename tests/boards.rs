@@ -2110,3 +2110,21 @@ fn nand_attaches_around_bad_blocks_and_a_flash_write_skips_them() {
     assert!(out.contains("written and verified"), "{out}");
     g.poweroff();
 }
+
+/// The keep container on UBIFS: `sysupgrade-keep`, then the next boot starts a fresh overlay
+/// with the kept configuration restored and nothing else.
+#[test]
+fn ubi_sysupgrade_keep_restores_the_configuration_into_a_fresh_overlay() {
+    let s = Storage::new(NOR_UBI, &log_name(NOR_UBI, "keep"));
+    let mut g = s.boot(1, &[]);
+    g.run(KEEP_CONFIG);
+    g.run("ovlctl sysupgrade-keep");
+    g.poweroff();
+    let mut g = s.boot(2, &[]);
+    let st = g.status();
+    assert_persistent(&st, "ubifs", "mount");
+    assert_eq!(st["first_boot"]["upgrade"], "restored", "{st}");
+    check_kept_config(&mut g);
+    g.run("test ! -e /overlay/.ovl-keep");
+    g.poweroff();
+}
