@@ -37,4 +37,5 @@ pub mod state;
 pub mod status;
 pub mod sys;
 pub mod ubi;
+pub mod ubistage;
 pub mod upgrade;

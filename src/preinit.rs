@@ -525,6 +525,9 @@ fn find(
         src,
         sys,
     );
+    for n in &found.notes {
+        state.add_note(n);
+    }
     let (mut rom, mut data) = (found.rom, found.data);
     let mut rom_sel = first(&cfg.rom);
     if want_rom {

@@ -45,6 +45,34 @@ nix::ioctl_write_ptr!(ubi_attach, b'o', 64, AttachReq);
 nix::ioctl_write_ptr!(ubi_mkvol, b'o', 0, MkvolReq);
 nix::ioctl_write_ptr!(ubi_volup, b'O', 0, i64);
 nix::ioctl_write_ptr!(ubi_blkcreate, b'O', 7, BlkcreateReq);
+// ubi-user.h declares UBI_IOCEBCH with an __s32 for its size, though the kernel reads a
+// whole struct ubi_leb_change_req from the pointer: the number is built by hand.
+nix::ioctl_write_ptr_bad!(
+    ubi_lebchange,
+    nix::request_code_write!(b'O', 2, std::mem::size_of::<i32>()),
+    LebChangeReq
+);
+
+#[repr(C, packed)]
+#[derive(Clone, Copy)]
+pub struct SetVolPropReq {
+    pub property: u8,
+    pub padding: [u8; 7],
+    pub value: u64,
+}
+
+nix::ioctl_write_ptr!(ubi_setvolprop, b'O', 6, SetVolPropReq);
+nix::ioctl_write_ptr!(ubi_lebunmap, b'O', 4, i32);
+const PROP_DIRECT_WRITE: u8 = 1;
+
+#[repr(C, packed)]
+#[derive(Clone, Copy)]
+pub struct LebChangeReq {
+    pub lnum: i32,
+    pub bytes: i32,
+    pub dtype: u8,
+    pub padding: [u8; 7],
+}
 
 const AUTO: i32 = -1;
 const DYNAMIC_VOLUME: i8 = 3;
@@ -196,6 +224,48 @@ pub fn create_block(vol_dev: &Path) -> Result<(), Errno> {
     }
 }
 
+/// Replaces LEB `lnum` of the volume open in `f` (read-write) with `data`, atomically: a cut
+/// leaves the old content or the new one (UBI writes the new copy to another PEB first).
+pub fn leb_change(f: &mut std::fs::File, lnum: u32, data: &[u8]) -> Result<(), Errno> {
+    use std::io::Write;
+    let req = LebChangeReq {
+        lnum: i32::try_from(lnum).map_err(|_| Errno::EINVAL)?,
+        bytes: i32::try_from(data.len()).map_err(|_| Errno::EINVAL)?,
+        dtype: 0,
+        padding: [0; 7],
+    };
+    // SAFETY: UBI_IOCEBCH reads one packed struct ubi_leb_change_req, which LebChangeReq
+    // mirrors; the data follows by write().
+    unsafe { ubi_lebchange(f.as_raw_fd(), &req) }?;
+    f.write_all(data)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO)))
+}
+
+/// Lets `write()` on the open volume reach its LEBs directly (`UBI_VOL_PROP_DIRECT_WRITE`):
+/// the one way to write a volume that ubiblock also has open (a LEB change or a volume update
+/// wants it alone). A LEB is written once after an unmap, in whole min. I/O units.
+pub fn direct_writes(f: &std::fs::File) -> Result<(), Errno> {
+    let req = SetVolPropReq {
+        property: PROP_DIRECT_WRITE,
+        padding: [0; 7],
+        value: 1,
+    };
+    // SAFETY: UBI_IOCSETVOLPROP reads one packed struct ubi_set_vol_prop_req.
+    unsafe { ubi_setvolprop(f.as_raw_fd(), &req) }.map(|_| ())
+}
+
+/// Unmaps LEB `lnum` of the open volume: it reads as 0xFF and may be written again.
+pub fn leb_unmap(f: &std::fs::File, lnum: u32) -> Result<(), Errno> {
+    let n = i32::try_from(lnum).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: UBI_IOCEBUNMAP reads one int32 (the LEB number).
+    unsafe { ubi_lebunmap(f.as_raw_fd(), &n) }.map(|_| ())
+}
+
+/// Opens a volume node for reading and writing (UBI lets one writer in beside readers).
+pub fn open_volume(p: &Path) -> Result<std::fs::File, Errno> {
+    open_rw(p)
+}
+
 /// Replaces a volume's content with `data` (`UBI_IOCVOLUP`, then the bytes): UBI keeps the
 /// volume marked as being updated until the last byte is in, and a cut before that leaves it
 /// "corrupted", never half old. An empty `data` truncates the volume: every LEB is unmapped.
@@ -229,6 +299,8 @@ mod tests {
         assert_eq!(std::mem::size_of::<AttachReq>(), 24);
         assert_eq!(std::mem::size_of::<MkvolReq>(), 152);
         assert_eq!(std::mem::size_of::<BlkcreateReq>(), 128);
+        assert_eq!(std::mem::size_of::<LebChangeReq>(), 16);
+        assert_eq!(std::mem::size_of::<SetVolPropReq>(), 16);
     }
 
     #[test]

@@ -438,6 +438,90 @@ pub struct Opts {
     pub no_reboot: bool,
 }
 
+/// Where a new ROM goes: written to its partition, or staged in its UBI volume.
+enum Writer {
+    Flash(crate::flash::Target),
+    /// The ROM is a UBI volume read through ubiblock: staged beside the running ROM
+    /// ([`crate::ubistage`]).
+    UbiStage {
+        vol_dev: PathBuf,
+        geometry: crate::ubistage::Geometry,
+        /// The running ROM's size.
+        old: u64,
+    },
+}
+
+impl Writer {
+    fn of(dev: &Path) -> Result<Writer> {
+        let name = dev.file_name().map(|n| n.to_string_lossy().into_owned());
+        let Some(num) = name.as_deref().and_then(|n| n.strip_prefix("ubiblock")) else {
+            return Ok(Writer::Flash(crate::flash::Target::of(dev)));
+        };
+        let sys = Path::new("/sys");
+        let v = crate::ubi::volumes(sys)
+            .into_iter()
+            .find(|v| format!("{}_{}", v.ubi, v.id) == num)
+            .with_context(|| format!("{}: no UBI volume ubi{num} in sysfs", dev.display()))?;
+        let geometry = crate::ubistage::Geometry::of(sys, &v)
+            .with_context(|| format!("the geometry of UBI volume {}", v.dev_name()))?;
+        let head = crate::probe::read_head(dev, crate::probe::magic::PROBE_BYTES)
+            .with_context(|| format!("read {}", dev.display()))?;
+        let crate::probe::magic::Content::Squashfs { bytes_used } =
+            crate::probe::magic::identify(&head)
+        else {
+            bail!("{}: the running ROM is not squashfs", dev.display());
+        };
+        Ok(Writer::UbiStage {
+            vol_dev: dev.with_file_name(v.dev_name()),
+            geometry,
+            old: bytes_used,
+        })
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Writer::Flash(t) => t.name(),
+            Writer::UbiStage { vol_dev, .. } => format!("UBI volume {}", vol_dev.display()),
+        }
+    }
+
+    /// How many bytes a ROM may have: the partition, or the room beside the running ROM.
+    fn room(&self) -> Result<u64> {
+        match self {
+            Writer::Flash(t) => t.room(),
+            Writer::UbiStage { geometry, old, .. } => Ok(geometry.room(*old)),
+        }
+    }
+
+    fn write(&self, data: &[u8], progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+        match self {
+            Writer::Flash(t) => t.write_verify(data, progress),
+            Writer::UbiStage {
+                vol_dev,
+                geometry,
+                old,
+            } => {
+                let min_io = vol_dev
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_prefix("ubi"))
+                    .and_then(|n| n.split_once('_'))
+                    .and_then(|(d, _)| d.parse().ok())
+                    .and_then(|d| crate::ubi::device_number(Path::new("/sys"), d, "min_io_size"))
+                    .unwrap_or(1);
+                crate::ubistage::stage(
+                    vol_dev,
+                    *geometry,
+                    *old,
+                    usize::try_from(min_io).unwrap_or(1),
+                    data,
+                    progress,
+                )
+            }
+        }
+    }
+}
+
 /// `sysupgrade`: check the image, keep the configuration, write and verify the ROM, reboot.
 pub fn run(o: &Opts) -> Result<()> {
     let img = crate::image::read(&o.image)?;
@@ -475,20 +559,10 @@ pub fn run(o: &Opts) -> Result<()> {
             );
         }
     }
-    if dev
-        .file_name()
-        .is_some_and(|n| n.to_string_lossy().starts_with("ubiblock"))
-    {
-        bail!(
-            "the ROM is a UBI volume ({}): writing it needs the volume unmounted, which \
-             sysupgrade cannot do from the running system yet; nothing was written",
-            dev.display()
-        );
-    }
-    let target = crate::flash::Target::of(&dev);
+    let writer = Writer::of(&dev)?;
     // Unknown room is refused before writing: a write that runs out of flash half way
     // would leave neither ROM.
-    let room = match target.room() {
+    let room = match writer.room() {
         Ok(r) => Some(r),
         Err(e) if o.test_only => {
             println!("note: the ROM partition's size is not known ({e:#})");
@@ -518,7 +592,7 @@ pub fn run(o: &Opts) -> Result<()> {
         .context("the image's ROM identity cannot be read")?;
     println!(
         "target: {} ({} bytes{})",
-        target.name(),
+        writer.name(),
         room.map_or("?".into(), |r| r.to_string()),
         if o.test_only {
             "; -T: nothing written"
@@ -549,12 +623,17 @@ pub fn run(o: &Opts) -> Result<()> {
         log::warn!("mlockall: {}", e.desc());
     }
     let t = std::time::Instant::now();
-    target.write_verify(img.payload(), &mut crate::flash::progress())?;
+    writer.write(img.payload(), &mut crate::flash::progress())?;
     println!(
-        "written and verified {} bytes to {} in {:.1} s",
+        "written and verified {} bytes to {} in {:.1} s{}",
         img.payload().len(),
-        target.name(),
-        t.elapsed().as_secs_f64()
+        writer.name(),
+        t.elapsed().as_secs_f64(),
+        if matches!(writer, Writer::UbiStage { .. }) {
+            " (staged: the next boot puts it in place before it mounts the ROM)"
+        } else {
+            ""
+        }
     );
     if require_persistent(&o.keep).is_ok() {
         pending(&o.keep.overlay, Some(&new_rom))?;

@@ -2128,3 +2128,101 @@ fn ubi_sysupgrade_keep_restores_the_configuration_into_a_fresh_overlay() {
     g.run("test ! -e /overlay/.ovl-keep");
     g.poweroff();
 }
+
+/// On UBI the new ROM is staged beside the running one and put in place by the next preinit
+/// before it mounts the ROM; the kept configuration comes back as on the other boards.
+#[test]
+fn ubi_sysupgrade_keeps_the_configuration_and_nothing_else() {
+    sysupgrade_keeps_config(NOR_UBI);
+}
+
+/// Power cuts during a UBI upgrade (seeded, `OVL_CUTS` each): while `sysupgrade` stages the
+/// new ROM beside the running one, and while the next preinit copies it into place. Every
+/// boot after a cut has a ROM that is wholly old with the old configuration, or wholly new
+/// with the kept one.
+#[test]
+fn ubi_power_cuts_during_an_upgrade_leave_the_old_or_the_new_rom_and_configuration() {
+    let s = Storage::new(NOR_UBI, &log_name(NOR_UBI, "sysupgrade-cut"));
+    let (disk, len) = v2_image(NOR_UBI, s._dir.path(), NOR_UBI);
+    let args = ["--disk", disk.to_str().unwrap()];
+    let mut g = s.boot(1, &args);
+    g.run(KEEP_CONFIG);
+    g.poweroff();
+    let configured = std::fs::read(&s.path).unwrap();
+    let base = seed();
+    let mut n = 1;
+    let check = |g: &mut Guest, seed: u64, what: &str, mixed: &mut Vec<String>| {
+        let st = g.status();
+        let (whole, strays) = config_state(g);
+        let (v2, _) = g.sh("test -e /etc/ovl-v2");
+        let new = v2 == 0;
+        println!("{what}: seed {seed}: ROM new {new}, config whole {whole}, strays {strays}");
+        let ok = st["mode"] == "persistent" && whole && strays != new;
+        if !ok {
+            mixed.push(format!(
+                "{what}: seed {seed}: ROM new {new}, strays {strays}: {st}"
+            ));
+        }
+        ok
+    };
+
+    // 1. While staging (about 0.3 s after the backup under TCG).
+    let (mut healthy, mut mixed) = (0, Vec::new());
+    for seed in base..base + cuts() {
+        let delay = Duration::from_millis(Rng(seed ^ 0x57a9).next() % 500);
+        std::fs::write(&s.path, &configured).unwrap();
+        n += 1;
+        let mut g = s.boot(n, &args);
+        let dev = upgrade_disk(&mut g, NOR_UBI);
+        g.run(&format!("head -c {len} {dev} > /tmp/v2.img"));
+        g.send("ovlctl sysupgrade /tmp/v2.img");
+        g.wait_for_soon("keeping", CMD_TIMEOUT);
+        std::thread::sleep(delay);
+        g.power_cut();
+        n += 1;
+        let mut g = s.boot(n, &args);
+        healthy += u64::from(check(
+            &mut g,
+            seed,
+            &format!("stage cut {delay:?}"),
+            &mut mixed,
+        ));
+        g.poweroff();
+    }
+    report("ubi stage cut", healthy, &mixed);
+
+    // 2. While the next preinit copies it into place.
+    std::fs::write(&s.path, &configured).unwrap();
+    n += 1;
+    let mut g = s.boot(n, &args);
+    let dev = upgrade_disk(&mut g, NOR_UBI);
+    g.run(&format!("head -c {len} {dev} > /tmp/v2.img"));
+    g.send("ovlctl sysupgrade /tmp/v2.img");
+    g.wait_for("written and verified", CMD_TIMEOUT);
+    g.wait_exit();
+    let staged = std::fs::read(&s.path).unwrap();
+    let (mut healthy, mut mixed) = (0, Vec::new());
+    for seed in base..base + cuts() {
+        let delay = Duration::from_millis(Rng(seed ^ 0xc09e).next() % 400);
+        std::fs::write(&s.path, &staged).unwrap();
+        n += 1;
+        let mut g = Guest::start(&s, n, &args);
+        g.wait_for_soon("preinit: attached", BOOT_TIMEOUT);
+        std::thread::sleep(delay);
+        let copied = g.text().contains("copied into place");
+        g.power_cut();
+        n += 1;
+        let mut g = s.boot(n, &args);
+        let what = format!("copy cut {delay:?} (copied before the cut: {copied})");
+        let ok = check(&mut g, seed, &what, &mut mixed);
+        // The copy was staged whole: the boot after any cut has the new ROM.
+        let (v2, _) = g.sh("test -e /etc/ovl-v2");
+        if ok && v2 == 0 {
+            healthy += 1;
+        } else if ok {
+            mixed.push(format!("{what}: seed {seed}: the staged ROM was lost"));
+        }
+        g.poweroff();
+    }
+    report("ubi copy cut", healthy, &mixed);
+}

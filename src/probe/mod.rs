@@ -331,6 +331,8 @@ pub struct Wanted {
 pub struct Found {
     pub rom: Result<RomFound, String>,
     pub data: Result<DataFound, String>,
+    /// What a person should know (a staged ROM put in place).
+    pub notes: Vec<String>,
 }
 
 /// Waits up to the timeout for the ROM and the writable partition, then identifies them.
@@ -342,6 +344,8 @@ pub fn find(w: &Wanted, src: &Sources, sys: &mut dyn Sys) -> Found {
     let (mut rom_hit, mut data_hit);
     let (mut attach_tried, mut refusals) = (Vec::new(), Vec::new());
     let (mut block_tried, mut mkvol_tried) = (false, false);
+    let mut notes = Vec::new();
+    let mut stage_err: Option<String> = None;
     let mut snap;
     loop {
         snap = snapshot(src);
@@ -370,12 +374,33 @@ pub fn find(w: &Wanted, src: &Sources, sys: &mut dyn Sys) -> Found {
             if !src.dev_dir.join(v.block_name()).exists() {
                 if !block_tried {
                     block_tried = true;
-                    if let Err(e) = sys.ubi_block(&src.dev_dir.join(v.dev_name())) {
+                    // Before anything reads the ROM through ubiblock (and caches it): a new
+                    // ROM that sysupgrade staged goes into place first.
+                    let vol = src.dev_dir.join(v.dev_name());
+                    match crate::ubistage::Geometry::of(&src.sys_dir, v)
+                        .map(|g| sys.ubi_finish_stage(&vol, g))
+                    {
+                        Some(Ok(Some(what))) => {
+                            log::warn!("{what}");
+                            notes.push(what);
+                        }
+                        Some(Err(e)) => {
+                            // A copy that failed part way may have left the head mixed: not
+                            // mounted; the next boot copies again.
+                            log::warn!("{e}");
+                            stage_err = Some(e.to_string());
+                        }
+                        _ => {}
+                    }
+                    if let Err(e) = sys.ubi_block(&vol) {
                         log::warn!("ubiblock on {}: {e}", v.dev_name());
                     }
                 }
                 rom_hit = None;
             }
+        }
+        if stage_err.is_some() {
+            rom_hit = None;
         }
         data_hit = match &w.data {
             Some(Selector::AfterRom) => None,
@@ -385,7 +410,8 @@ pub fn find(w: &Wanted, src: &Sources, sys: &mut dyn Sys) -> Found {
         };
         // Refused: waiting longer changes nothing.
         let refused = [&w.rom, &w.data].map(|s| ubi_refusal(s.as_ref(), &snap, &refusals));
-        let rom_ok = w.rom.is_none() || rom_hit.is_some() || refused[0].is_some();
+        let rom_ok =
+            w.rom.is_none() || rom_hit.is_some() || refused[0].is_some() || stage_err.is_some();
         let after_rom_possible =
             matches!(w.data, Some(Selector::AfterRom | Selector::Auto)) && rom_hit.is_some();
         let data_ok =
@@ -410,10 +436,13 @@ pub fn find(w: &Wanted, src: &Sources, sys: &mut dyn Sys) -> Found {
     let waited = start.elapsed().as_millis();
     let rom = match (&w.rom, &rom_hit) {
         (None, _) => Err("the ROM is the current root".to_string()),
-        (Some(sel), None) => Err(match ubi_refusal(Some(sel), &snap, &refusals) {
-            Some(e) => format!("ROM {sel}: {e}"),
-            None => format!("no ROM partition ({sel}) after {waited} ms"),
-        }),
+        (Some(sel), None) => Err(
+            match (ubi_refusal(Some(sel), &snap, &refusals), &stage_err) {
+                (Some(e), _) => format!("ROM {sel}: {e}"),
+                (None, Some(e)) => format!("ROM {sel}: {e}; not mounted half copied"),
+                (None, None) => format!("no ROM partition ({sel}) after {waited} ms"),
+            },
+        ),
         (Some(_), Some(hit)) => check_rom(hit, src),
     };
     let data = match (&w.data, data_hit) {
@@ -439,7 +468,7 @@ pub fn find(w: &Wanted, src: &Sources, sys: &mut dyn Sys) -> Found {
         }
         (Some(sel), None) => Err(format!("no writable partition ({sel}) after {waited} ms")),
     };
-    Found { rom, data }
+    Found { rom, data, notes }
 }
 
 fn check_rom(hit: &Hit, src: &Sources) -> Result<RomFound, String> {

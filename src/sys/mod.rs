@@ -209,6 +209,13 @@ pub trait Sys {
     fn ubi_block(&mut self, vol: &Path) -> SysResult<()>;
     /// Makes the dynamic volume `name` of `bytes` on the UBI device node `dev` (`/dev/ubiN`).
     fn ubi_mkvol(&mut self, dev: &Path, name: &str, bytes: u64) -> SysResult<()>;
+    /// Finishes a ROM staged in the UBI volume node `vol` ([`crate::ubistage::finish`]):
+    /// what it did, or None when nothing was staged.
+    fn ubi_finish_stage(
+        &mut self,
+        vol: &Path,
+        g: crate::ubistage::Geometry,
+    ) -> SysResult<Option<String>>;
     /// Empties the UBI volume node `vol` (a volume update of no bytes).
     fn ubi_truncate(&mut self, vol: &Path) -> SysResult<()>;
     fn write_file(&mut self, path: &Path, bytes: &[u8]) -> SysResult<()>;

@@ -279,6 +279,19 @@ impl Sys for Real {
         })
     }
 
+    fn ubi_finish_stage(
+        &mut self,
+        vol: &Path,
+        g: crate::ubistage::Geometry,
+    ) -> SysResult<Option<String>> {
+        crate::ubistage::finish(vol, g).map_err(|e| {
+            SysError::msg(
+                format!("finish the ROM staged in {}", vol.display()),
+                format!("{e:#}"),
+            )
+        })
+    }
+
     fn ubi_truncate(&mut self, vol: &Path) -> SysResult<()> {
         crate::ubi::update(vol, &[], &mut |_, _| {})
             .map_err(|e| SysError::new(format!("UBI_IOCVOLUP 0 on {}", vol.display()), e))

@@ -140,6 +140,14 @@ impl Sys for Recorder {
     fn ubi_mkvol(&mut self, dev: &Path, name: &str, bytes: u64) -> SysResult<()> {
         self.call(format!("ubi mkvol {name} {bytes} on {}", dev.display()))
     }
+    fn ubi_finish_stage(
+        &mut self,
+        vol: &Path,
+        _g: crate::ubistage::Geometry,
+    ) -> SysResult<Option<String>> {
+        self.call(format!("ubi finish stage {}", vol.display()))
+            .map(|()| None)
+    }
     fn ubi_truncate(&mut self, vol: &Path) -> SysResult<()> {
         self.call(format!("ubi truncate {}", vol.display()))
     }
