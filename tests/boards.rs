@@ -2100,6 +2100,22 @@ fn nand_attaches_around_bad_blocks_and_a_flash_write_skips_them() {
     assert_eq!(st["ubi"]["bad_pebs"], 2, "{st}");
     assert_eq!(st["ubi"]["volume"], "rootfs_data", "{st}");
     g.run("echo on-nand > /etc/nand && sync && cat /etc/nand");
+    // nandsim flips a bit in about one page read in 1024 (bitflips=1): ECC corrects them and
+    // what UBIFS gives back is what was written.
+    g.run("dd if=/dev/urandom of=/root/big bs=64k count=16 2>/dev/null && md5sum /root/big > /tmp/sum && sync && echo 3 > /proc/sys/vm/drop_caches && md5sum -c /tmp/sum");
+    let out = g.run(
+        "dd if=/dev/mtd2 of=/dev/null bs=16k 2>/dev/null; cat /sys/class/mtd/mtd2/corrected_bits",
+    );
+    let corrected: u64 = out
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .next_back()
+        .unwrap_or(0);
+    assert!(
+        corrected > 0,
+        "no bit flip corrected in 16 MiB of reads:\n{out}"
+    );
+    g.run("md5sum -c /tmp/sum");
     assert!(g
         .run("cat /proc/mtd")
         .contains("NAND simulator partition 1"));
@@ -2225,4 +2241,70 @@ fn ubi_power_cuts_during_an_upgrade_leave_the_old_or_the_new_rom_and_configurati
         g.poweroff();
     }
     report("ubi copy cut", healthy, &mixed);
+}
+
+/// A reset of the unmounted UBIFS volume on NAND (bad blocks and all), within one failsafe
+/// boot since the NAND lives in RAM: files written to the volume are gone after the reset,
+/// and the volume mounts again as an empty UBIFS.
+#[test]
+fn nand_reset_of_the_unmounted_volume_empties_it() {
+    let s = Storage::new(NAND, &log_name(NAND, "reset"));
+    let mut g = s.boot(1, &["--append", "ovl.failsafe"]);
+    assert_eq!(g.status()["mode"], "failsafe");
+    // The first look attaches the NAND and makes the volume; it is empty.
+    let out = g.run("ovlctl reset -y");
+    assert!(out.contains("is empty"), "{out}");
+    g.run("mkdir -p /tmp/v && mount -t ubifs /dev/ubi0_0 /tmp/v && echo old > /tmp/v/old && sync && umount /tmp/v");
+    let out = g.run("ovlctl reset -y");
+    assert!(out.contains("emptied the UBI volume /dev/ubi0_0"), "{out}");
+    g.run("mount -t ubifs /dev/ubi0_0 /tmp/v && test ! -e /tmp/v/old && umount /tmp/v");
+    assert!(g.run("cat /sys/class/ubi/ubi0/bad_peb_count").contains('2'));
+    g.poweroff();
+}
+
+/// Power cuts at seeded random points of a reset from failsafe on the UBI board: the next
+/// boot is persistent and nothing from before the reset is back, or (a cut before the reset
+/// began) everything is as it was.
+#[test]
+fn ubi_power_cuts_during_a_reset_never_bring_back_part_of_the_old_state() {
+    let s = Storage::new(NOR_UBI, &log_name(NOR_UBI, "reset-cut"));
+    let mut g = s.boot(1, &[]);
+    g.run("echo old > /etc/old && mkdir -p /root/old && echo x > /root/old/f && rm /etc/banner && sync");
+    g.poweroff();
+    let before = std::fs::read(&s.path).unwrap();
+    let base = seed();
+    let (mut healthy, mut mixed) = (0, Vec::new());
+    let mut n = 1;
+    for seed in base..base + cuts() {
+        let delay = Duration::from_millis(Rng(seed ^ 0x7e5e).next() % 600);
+        std::fs::write(&s.path, &before).unwrap();
+        n += 1;
+        let mut g = s.boot(n, &["--append", "ovl.failsafe"]);
+        g.send("ovlctl reset -y");
+        std::thread::sleep(delay);
+        g.power_cut();
+        n += 1;
+        let mut g = s.boot(n, &[]);
+        let st = g.status();
+        let present: Vec<bool> = ["/etc/old", "/root/old/f"]
+            .iter()
+            .map(|f| g.sh(&format!("test -e {f}")).0 == 0)
+            .collect();
+        let (banner, _) = g.sh("test -e /etc/banner");
+        let old = present.iter().all(|&p| p) && banner != 0;
+        let reset = present.iter().all(|&p| !p) && banner == 0;
+        println!("ubi reset cut: seed {seed}, {delay:?}: old state {old}, reset {reset}");
+        if st["mode"] == "persistent" && (old || reset) {
+            healthy += 1;
+        } else {
+            mixed.push(format!("seed {seed}, {delay:?}: {st}"));
+        }
+        g.poweroff();
+    }
+    report("ubi reset cut", healthy, &mixed);
+}
+
+#[test]
+fn ubi_reset_of_the_mounted_overlay_brings_back_the_rom_and_reruns_first_boot() {
+    mounted_reset(NOR_UBI);
 }
