@@ -350,10 +350,8 @@ pub struct Prepared {
 /// deleted, so a cut part way through is finished by the next boot.
 pub fn prepare(overlay: &Path, p: &Prepare) -> io::Result<Prepared> {
     let upper = overlay.join("upper");
-    let mut out = Prepared {
-        upgrade_waiting: upgrade_waiting(overlay),
-        ..Prepared::default()
-    };
+    // upgrade_waiting is read once the keep container has been dealt with, below.
+    let mut out = Prepared::default();
     let mut on_disk = read(overlay)?;
     let rec = match &on_disk {
         Some(r) => r.clone(),

@@ -83,14 +83,6 @@ fn content_of(dev: &Path, part: Option<&crate::probe::mtd::MtdPart>) -> Result<C
     }
 }
 
-/// The volume behind `/dev/ubiN_M`, from sysfs.
-fn ubi_volume(dev: &Path) -> Option<crate::ubi::Volume> {
-    let name = dev.to_str()?.strip_prefix("/dev/")?;
-    crate::ubi::volumes(Path::new("/sys"))
-        .into_iter()
-        .find(|v| v.dev_name() == name)
-}
-
 fn classify_ubi(dev: &Path, v: &crate::ubi::Volume, mounts: &[MountInfo]) -> Partition {
     let name = dev.display();
     let ubi_name = format!("ubi{}:{}", v.ubi, v.name);
@@ -103,13 +95,9 @@ fn classify_ubi(dev: &Path, v: &crate::ubi::Volume, mounts: &[MountInfo]) -> Par
             m.mount_point
         ));
     }
-    if crate::ubi::volume_number(Path::new("/sys"), v, "upd_marker") == Some(1) {
-        return Partition::TruncateUbi {
-            dev: dev.to_path_buf(),
-        };
-    }
-    match crate::probe::read_head(dev, magic::PROBE_BYTES).map(|h| magic::identify(&h)) {
-        Ok(Content::Ubifs) => Partition::TruncateUbi {
+    // Judged as preinit judges it; a truncation a cut left (the reset mark) is done again.
+    match crate::probe::ubi_content(Path::new("/sys"), v, dev) {
+        Ok(Content::Ubifs | Content::ResetMark) => Partition::TruncateUbi {
             dev: dev.to_path_buf(),
         },
         Ok(Content::Erased) => {
@@ -119,13 +107,16 @@ fn classify_ubi(dev: &Path, v: &crate::ubi::Volume, mounts: &[MountInfo]) -> Par
             "{name} holds {}, which ovl did not write: left untouched",
             c.name()
         )),
-        Err(e) => Partition::CannotReach(format!("read {name}: {e}")),
+        Err(e) => Partition::CannotReach(e),
     }
 }
 
 fn classify(dev: &Path, mounts: &[MountInfo]) -> Partition {
     let name = dev.display();
-    if let Some(v) = ubi_volume(dev) {
+    if let Some(v) = dev
+        .to_str()
+        .and_then(|d| crate::ubi::volume_of(Path::new("/sys"), d))
+    {
         return classify_ubi(dev, &v, mounts);
     }
     if let Some(part) = mtd_part(dev) {

@@ -111,17 +111,11 @@ pub struct UbiInfo {
 
 /// [`UbiInfo`] for a volume node `/dev/ubiN_M`.
 pub fn ubi_info(sys_dir: &Path, dev: &str) -> Option<UbiInfo> {
-    let name = dev.strip_prefix("/dev/")?;
-    let (n, _) = name.strip_prefix("ubi")?.split_once('_')?;
-    let ubi: u32 = n.parse().ok()?;
-    let volume = std::fs::read_to_string(sys_dir.join(format!("class/ubi/{name}/name")))
-        .ok()?
-        .trim_end()
-        .to_string();
-    let num = |w: &str| crate::ubi::device_number(sys_dir, ubi, w);
+    let v = crate::ubi::volume_of(sys_dir, dev)?;
+    let num = |w: &str| crate::ubi::device_number(sys_dir, v.ubi, w);
     Some(UbiInfo {
-        device: crate::state::fit(&format!("ubi{ubi}")),
-        volume: crate::state::fit(&volume),
+        device: crate::state::fit(&format!("ubi{}", v.ubi)),
+        volume: crate::state::fit(&v.name),
         mtd: num("mtd_num"),
         bad_pebs: num("bad_peb_count"),
         max_ec: num("max_ec"),

@@ -146,6 +146,12 @@ pub fn volumes(sys_dir: &Path) -> Vec<Volume> {
     v
 }
 
+/// The volume whose character device is `node` (`ubiN_M`, or its `/dev/` path).
+pub fn volume_of(sys_dir: &Path, node: &str) -> Option<Volume> {
+    let name = node.strip_prefix("/dev/").unwrap_or(node);
+    volumes(sys_dir).into_iter().find(|v| v.dev_name() == name)
+}
+
 /// A number sysfs publishes for a device (`avail_eraseblocks`, `eraseblock_size`,
 /// `bad_peb_count`, `max_ec`, ...).
 pub fn device_number(sys_dir: &Path, ubi: u32, what: &str) -> Option<u64> {

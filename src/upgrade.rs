@@ -448,6 +448,8 @@ enum Writer {
         geometry: crate::ubistage::Geometry,
         /// The running ROM's size.
         old: u64,
+        /// The device's minimal write unit.
+        min_io: usize,
     },
 }
 
@@ -458,9 +460,7 @@ impl Writer {
             return Ok(Writer::Flash(crate::flash::Target::of(dev)));
         };
         let sys = Path::new("/sys");
-        let v = crate::ubi::volumes(sys)
-            .into_iter()
-            .find(|v| format!("{}_{}", v.ubi, v.id) == num)
+        let v = crate::ubi::volume_of(sys, &format!("ubi{num}"))
             .with_context(|| format!("{}: no UBI volume ubi{num} in sysfs", dev.display()))?;
         let geometry = crate::ubistage::Geometry::of(sys, &v)
             .with_context(|| format!("the geometry of UBI volume {}", v.dev_name()))?;
@@ -471,10 +471,12 @@ impl Writer {
         else {
             bail!("{}: the running ROM is not squashfs", dev.display());
         };
+        let min_io = crate::ubi::device_number(sys, v.ubi, "min_io_size").unwrap_or(1);
         Ok(Writer::UbiStage {
             vol_dev: dev.with_file_name(v.dev_name()),
             geometry,
             old: bytes_used,
+            min_io: usize::try_from(min_io).unwrap_or(1),
         })
     }
 
@@ -500,24 +502,8 @@ impl Writer {
                 vol_dev,
                 geometry,
                 old,
-            } => {
-                let min_io = vol_dev
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(|n| n.strip_prefix("ubi"))
-                    .and_then(|n| n.split_once('_'))
-                    .and_then(|(d, _)| d.parse().ok())
-                    .and_then(|d| crate::ubi::device_number(Path::new("/sys"), d, "min_io_size"))
-                    .unwrap_or(1);
-                crate::ubistage::stage(
-                    vol_dev,
-                    *geometry,
-                    *old,
-                    usize::try_from(min_io).unwrap_or(1),
-                    data,
-                    progress,
-                )
-            }
+                min_io,
+            } => crate::ubistage::stage(vol_dev, *geometry, *old, *min_io, data, progress),
         }
     }
 }
@@ -605,14 +591,18 @@ pub fn run(o: &Opts) -> Result<()> {
         return Ok(());
     }
     // Kept first: until the container is complete the ROM is untouched.
+    // Keeping needs the writable partition mounted; -n does without (on a tmpfs fallback
+    // there is nothing mounted to mark, and the new ROM is stale to the old overlay).
+    let persistent = match (o.keep.nothing, require_persistent(&o.keep)) {
+        (false, Err(e)) => return Err(e),
+        (_, r) => r.is_ok(),
+    };
     if o.keep.nothing {
-        // A fresh overlay is wanted all the same (OpenWrt leaves the old one: #13980); on a
-        // tmpfs fallback there is nothing mounted to mark, and the new ROM is stale to it.
-        if require_persistent(&o.keep).is_ok() {
+        // A fresh overlay is wanted all the same (OpenWrt leaves the old one: #13980).
+        if persistent {
             write_container(&o.keep.overlay, None, Some(&new_rom))?;
         }
     } else {
-        require_persistent(&o.keep)?;
         let archive = keep_archive(&o.keep)?;
         write_container(&o.keep.overlay, archive.as_deref(), Some(&new_rom))?;
     }
@@ -635,7 +625,7 @@ pub fn run(o: &Opts) -> Result<()> {
             ""
         }
     );
-    if require_persistent(&o.keep).is_ok() {
+    if persistent {
         pending(&o.keep.overlay, Some(&new_rom))?;
     }
     nix::unistd::sync();

@@ -707,6 +707,28 @@ fn a_restore_cut_at_any_step_recovers_to_the_old_or_the_new_tree() {
     );
 }
 
+/// A sysupgrade image (board `b`, release 2) of a squashfs made from `tree`, in `dir`.
+fn image_of(tree: &Path, dir: &Path) -> PathBuf {
+    let sq = dir.join("rom.sqfs");
+    sh(&format!(
+        "mksquashfs {} {} -quiet -noappend -all-root >/dev/null",
+        tree.display(),
+        sq.display()
+    ));
+    let img = dir.join("up.img");
+    let o = run(&[
+        "mkimage",
+        "-b",
+        "b",
+        "--release",
+        "2",
+        sq.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    img
+}
+
 /// A state file saying how this boot went, for the commands that refuse a fallback.
 fn state_file(dir: &Path, mode: &str) -> PathBuf {
     let p = dir.join(format!("state-{mode}.json"));
@@ -776,23 +798,7 @@ fn a_backup_that_runs_out_of_space_or_on_a_tmpfs_fallback_leaves_nothing_behind(
     // And sysupgrade, keeping the configuration, refuses there too before it writes a ROM.
     let rom = d.path().join("romdev");
     std::fs::write(&rom, vec![0u8; 1 << 20]).unwrap();
-    let sq = d.path().join("rom.sqfs");
-    sh(&format!(
-        "mksquashfs {} {} -quiet -noappend -all-root >/dev/null",
-        root.join("etc/config").display(),
-        sq.display()
-    ));
-    let img = d.path().join("up.img");
-    let o = run(&[
-        "mkimage",
-        "-b",
-        "b",
-        "--release",
-        "2",
-        sq.to_str().unwrap(),
-        img.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{o:?}");
+    let img = image_of(&root.join("etc/config"), d.path());
     let o = run(&[
         "sysupgrade",
         "--state",
@@ -841,23 +847,7 @@ fn called_sysupgrade_the_binary_takes_openwrts_backup_flags_and_images_stay_squa
     );
     // A sysupgrade image is the squashfs with a trailer that unsquashfs does not mind.
     need("unsquashfs");
-    let sq = d.path().join("rom.sqfs");
-    sh(&format!(
-        "mksquashfs {} {} -quiet -noappend -all-root >/dev/null",
-        root.display(),
-        sq.display()
-    ));
-    let img = d.path().join("up.img");
-    let o = run(&[
-        "mkimage",
-        "-b",
-        "b",
-        "--release",
-        "2",
-        sq.to_str().unwrap(),
-        img.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{o:?}");
+    let img = image_of(&root, d.path());
     let o = Command::new("unsquashfs")
         .args(["-l"])
         .arg(&img)

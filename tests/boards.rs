@@ -1583,22 +1583,31 @@ fn v2_image(board: &str, dir: &Path, boards: &str) -> (PathBuf, u64) {
         .args(["mkimage", "-b", boards, "--release", "v2-test"])
         .arg(&sqfs)
         .arg(&img));
-    let len = std::fs::metadata(&img).unwrap().len();
-    // A disk is whole sectors: pad, and read back exactly `len` bytes in the guest.
     let disk = dir.join("v2.disk");
-    std::fs::copy(&img, &disk).unwrap();
-    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
-    f.set_len(len.div_ceil(65536) * 65536).unwrap();
+    let len = as_disk(&img, &disk);
     (disk, len)
 }
 
-/// Makes the upgrade disk readable in the guest; returns its device.
-fn upgrade_disk(g: &mut Guest, board: &str) -> &'static str {
-    if board == DISK {
-        return "/dev/vdb";
-    }
-    g.run("for m in virtio_mmio virtio_blk; do insmod /lib/modules/$(uname -r)/$m.ko || exit 1; done; for i in $(seq 50); do [ -b /dev/vda ] && break; sleep 0.1; done; test -b /dev/vda");
-    "/dev/vda"
+/// Copies an image to `disk` padded to whole sectors (a disk is whole sectors; the guest
+/// reads back exactly the image's length); returns that length.
+fn as_disk(img: &Path, disk: &Path) -> u64 {
+    let len = std::fs::metadata(img).unwrap().len();
+    std::fs::copy(img, disk).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(disk).unwrap();
+    f.set_len(len.div_ceil(65536) * 65536).unwrap();
+    len
+}
+
+/// Copies the image (`len` bytes) from the upgrade disk to `to` in the guest, first making
+/// the disk readable there (the NOR boards' ROMs carry the virtio modules for it).
+fn image_into_guest(g: &mut Guest, board: &str, len: u64, to: &str) {
+    let dev = if board == DISK {
+        "/dev/vdb"
+    } else {
+        g.run("for m in virtio_mmio virtio_blk; do insmod /lib/modules/$(uname -r)/$m.ko || exit 1; done; for i in $(seq 50); do [ -b /dev/vda ] && break; sleep 0.1; done; test -b /dev/vda");
+        "/dev/vda"
+    };
+    g.run(&format!("head -c {len} {dev} > {to}"));
 }
 
 const KEEP_CONFIG: &str = "mkdir -p /etc/config /etc/keepdir /etc/emptydir && chmod 750 /etc/keepdir && \
@@ -1650,8 +1659,7 @@ fn sysupgrade_keeps_config(board: &'static str) {
         "{list}"
     );
     assert!(!list.contains("stray"), "{list}");
-    let dev = upgrade_disk(&mut g, board);
-    g.run(&format!("head -c {len} {dev} > /tmp/v2.img"));
+    image_into_guest(&mut g, board, len, "/tmp/v2.img");
     // A damaged image is refused before anything is written, -F or not.
     g.run("cp /tmp/v2.img /tmp/bad.img && printf 'x' | dd of=/tmp/bad.img bs=1 seek=5000 conv=notrunc 2>/dev/null");
     let rom_dev = g.status()["rom"]["device"].as_str().unwrap().to_string();
@@ -1816,8 +1824,7 @@ fn nor_power_cuts_during_an_upgrade_leave_the_old_or_the_new_configuration() {
         std::fs::write(&s.path, &configured).unwrap();
         n += 1;
         let mut g = s.boot(n, &args);
-        let dev = upgrade_disk(&mut g, board);
-        g.run(&format!("head -c {len} {dev} > /tmp/v2.img"));
+        image_into_guest(&mut g, board, len, "/tmp/v2.img");
         g.send("ovlctl sysupgrade /tmp/v2.img");
         g.wait_for_soon("keeping", CMD_TIMEOUT);
         std::thread::sleep(delay);
@@ -2084,16 +2091,11 @@ const NAND: &str = "qemu-armv7-nand";
 #[test]
 fn nand_attaches_around_bad_blocks_and_a_flash_write_skips_them() {
     let s = Storage::new(NAND, &log_name(NAND, "bad-blocks"));
-    let img = cache().join("images").join(NAND).join("sysupgrade.img");
-    let len = std::fs::metadata(&img).unwrap().len();
     let disk = s._dir.path().join("img.disk");
-    std::fs::copy(&img, &disk).unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&disk)
-        .unwrap()
-        .set_len(len.div_ceil(65536) * 65536)
-        .unwrap();
+    let len = as_disk(
+        &cache().join("images").join(NAND).join("sysupgrade.img"),
+        &disk,
+    );
     let mut g = s.boot(1, &["--disk", disk.to_str().unwrap()]);
     let st = g.status();
     assert_persistent(&st, "ubifs", "mount");
@@ -2119,8 +2121,7 @@ fn nand_attaches_around_bad_blocks_and_a_flash_write_skips_them() {
     assert!(g
         .run("cat /proc/mtd")
         .contains("NAND simulator partition 1"));
-    let dev = upgrade_disk(&mut g, NAND);
-    g.run(&format!("head -c {len} {dev} > /tmp/up.img"));
+    image_into_guest(&mut g, NAND, len, "/tmp/up.img");
     let out = g.run("ovlctl sysupgrade -n --no-reboot --rom-dev /dev/mtd3 /tmp/up.img 2>&1");
     assert!(out.contains("block 88 is bad; skipped"), "{out}");
     assert!(out.contains("written and verified"), "{out}");
@@ -2189,8 +2190,7 @@ fn ubi_power_cuts_during_an_upgrade_leave_the_old_or_the_new_rom_and_configurati
         std::fs::write(&s.path, &configured).unwrap();
         n += 1;
         let mut g = s.boot(n, &args);
-        let dev = upgrade_disk(&mut g, NOR_UBI);
-        g.run(&format!("head -c {len} {dev} > /tmp/v2.img"));
+        image_into_guest(&mut g, NOR_UBI, len, "/tmp/v2.img");
         g.send("ovlctl sysupgrade /tmp/v2.img");
         g.wait_for_soon("keeping", CMD_TIMEOUT);
         std::thread::sleep(delay);
@@ -2211,8 +2211,7 @@ fn ubi_power_cuts_during_an_upgrade_leave_the_old_or_the_new_rom_and_configurati
     std::fs::write(&s.path, &configured).unwrap();
     n += 1;
     let mut g = s.boot(n, &args);
-    let dev = upgrade_disk(&mut g, NOR_UBI);
-    g.run(&format!("head -c {len} {dev} > /tmp/v2.img"));
+    image_into_guest(&mut g, NOR_UBI, len, "/tmp/v2.img");
     g.send("ovlctl sysupgrade /tmp/v2.img");
     g.wait_for("written and verified", CMD_TIMEOUT);
     g.wait_exit();

@@ -512,23 +512,16 @@ fn identify_data(hit: &Hit, src: &Sources) -> Result<DataFound, String> {
             )
         }
     };
-    let marked = matches!(hit, Hit::Ubi(v) if crate::ubi::volume_number(&src.sys_dir, v, "upd_marker") == Some(1));
-    let head = if marked {
-        Vec::new()
-    } else {
-        read_head(&read_from, PROBE_BYTES)
-            .map_err(|e| format!("read {}: {e}", read_from.display()))?
-    };
     let content = match hit {
-        Hit::Mtd(m) => mtd_content(&read_from, &head, m)?,
-        Hit::Block(_) => block_content(&read_from, &head)?,
-        // UBI's update marker: an update (ovl's reset truncates a volume this way) was cut.
-        Hit::Ubi(v) if crate::ubi::volume_number(&src.sys_dir, v, "upd_marker") == Some(1) => {
-            Content::ResetMark
+        Hit::Ubi(v) => ubi_content(&src.sys_dir, v, &read_from)?,
+        _ => {
+            let head = read_head(&read_from, PROBE_BYTES)
+                .map_err(|e| format!("read {}: {e}", read_from.display()))?;
+            match hit {
+                Hit::Mtd(m) => mtd_content(&read_from, &head, m)?,
+                _ => block_content(&read_from, &head)?,
+            }
         }
-        // An empty volume reads as 0xFF (unmapped LEBs), or as nothing when it has no size.
-        Hit::Ubi(_) if head.is_empty() => Content::Erased,
-        Hit::Ubi(_) => identify(&head),
     };
     Ok(DataFound {
         device: dev.display().to_string(),
@@ -568,6 +561,22 @@ pub fn mtd_content(dev: &Path, head: &[u8], m: &mtd::MtdPart) -> Result<Content,
         });
     }
     Ok(verdict)
+}
+
+/// What a UBI volume holds, read through its node `dev`. UBI's update marker means an
+/// update (ovl's reset truncates a volume this way) was cut: UBI will not read the volume
+/// then, and it counts as the reset mark. An empty volume reads as 0xFF (unmapped LEBs), or
+/// as nothing when it has no size.
+pub fn ubi_content(sys_dir: &Path, v: &crate::ubi::Volume, dev: &Path) -> Result<Content, String> {
+    if crate::ubi::volume_number(sys_dir, v, "upd_marker") == Some(1) {
+        return Ok(Content::ResetMark);
+    }
+    let head = read_head(dev, PROBE_BYTES).map_err(|e| format!("read {}: {e}", dev.display()))?;
+    Ok(if head.is_empty() {
+        Content::Erased
+    } else {
+        identify(&head)
+    })
 }
 
 /// What a block partition holds: a blank-looking head is read on to [`magic::BLANK_WINDOW`],
