@@ -225,15 +225,24 @@ pub fn finish(vol_dev: &Path, g: Geometry) -> Result<Option<String>> {
     let Some((lebs, len, crc, start)) = parse_header(&h) else {
         return Ok(None);
     };
-    let staged = read_lebs(&f, g, start, len).with_context(|| format!("read {name}"))?;
+    // A header that places the copy outside the volume (or over the head) is not one
+    // stage() wrote: nothing is read on its word, so no length it names is allocated.
+    let fits = lebs == g.lebs_for(len)
+        && start >= lebs
+        && start.checked_add(lebs).is_some_and(|end| end < g.lebs);
+    let staged = if fits {
+        read_lebs(&f, g, start, len).with_context(|| format!("read {name}"))?
+    } else {
+        Vec::new()
+    };
     drop(f);
     let mut f = crate::ubi::open_volume(vol_dev)
         .map_err(|e| anyhow::anyhow!("open {name}: {}", e.desc()))?;
-    if crc32fast::hash(&staged) != crc || lebs != g.lebs_for(len) || start < lebs {
+    if !fits || crc32fast::hash(&staged) != crc {
         // Not a copy this code wrote whole: retire the header, keep the running ROM.
         retire(&mut f, g, &name)?;
         return Ok(Some(format!(
-            "a staged ROM in {name} did not check out (CRC); the ROM is left as it was"
+            "a staged ROM in {name} did not check out (its place or its CRC); the ROM is left as it was"
         )));
     }
     let head = read_lebs(&f, g, 0, len).with_context(|| format!("read {name}"))?;
