@@ -76,7 +76,7 @@ def measure(text, baseline):
 def run_board(board, n):
     img = os.path.join(CACHE, "images", board)
     results = {}
-    for kind, initrd in (("ovl", None), ("baseline", os.path.join(img, "initramfs-baseline.cpio.gz"))):
+    for kind, initrd in (("ovl", None), ("baseline", os.path.join(img, "initramfs-baseline.img"))):
         if initrd and not os.path.exists(initrd):
             continue
         with tempfile.TemporaryDirectory(prefix="ovl-bench") as d:

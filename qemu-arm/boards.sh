@@ -23,6 +23,40 @@ DISK_ROM_MIB=32
 DISK_DATA_MIB=64
 COMBINED_PART_MIB=96
 
+# The initramfs compressions the boards' Debian kernels unpack (CONFIG_RD_*; "none" is a
+# plain cpio), each as the kernel wants it: lz4 in its legacy frame, xz with CRC32 checks and
+# a 1 MiB dictionary (as the kernel's own build makes it), lzma with the same dictionary (its
+# unpacker allocates the whole dictionary). bench/initramfs.sh measures them per board.
+INITRAMFS_COMPS="gzip none bzip2 lzma xz lzo lz4 zstd"
+
+# initramfs_compress COMP: the cpio on stdin, compressed with COMP, on stdout.
+initramfs_compress() {
+    case $1 in
+    none) cat ;;
+    gzip) gzip -6 -n ;;
+    bzip2) bzip2 -9 ;;
+    lzma) xz --format=lzma --lzma1=preset=6,dict=1MiB ;;
+    xz) xz --check=crc32 --lzma2=preset=6,dict=1MiB ;;
+    lzo) lzop -9 ;;
+    lz4) lz4 -l -9 -q ;;
+    zstd) zstd -19 -q ;;
+    *) echo "unknown initramfs compression '$1' (known: $INITRAMFS_COMPS)" >&2; return 1 ;;
+    esac
+}
+
+# initramfs_tool COMP: the Debian package and command that compress with COMP (ensure_packages).
+initramfs_tool() {
+    case $1 in
+    none | gzip) echo gzip:gzip ;;
+    bzip2) echo bzip2:bzip2 ;;
+    lzma | xz) echo xz-utils:xz ;;
+    lzo) echo lzop:lzop ;;
+    lz4) echo lz4:lz4 ;;
+    zstd) echo zstd:zstd ;;
+    *) echo "unknown initramfs compression '$1' (known: $INITRAMFS_COMPS)" >&2; return 1 ;;
+    esac
+}
+
 board_vars() {
     BOARD=$1
     case $BOARD in
@@ -75,4 +109,8 @@ board_vars() {
     qemu-x86_64-disk) STORAGE=gpt ;;
     qemu-x86_64-combined) STORAGE=combined ;;
     esac
+    # The initramfs's compression (the baseline's too), the fastest from kernel start to
+    # preinit in bench/initramfs.sh; OVL_INITRAMFS_COMP overrides it for a build.
+    INITRAMFS_COMP=gzip
+    INITRAMFS_COMP=${OVL_INITRAMFS_COMP:-$INITRAMFS_COMP}
 }

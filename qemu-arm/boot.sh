@@ -32,8 +32,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 img=$CACHE/images/$BOARD
-[ -f "$img/initramfs.cpio.gz" ] || die "board $BOARD is not built: run qemu-arm/build.sh $BOARD"
-[ -n "$initrd" ] || initrd=$img/initramfs.cpio.gz
+[ -f "$img/initramfs.img" ] || die "board $BOARD is not built: run qemu-arm/build.sh $BOARD"
+[ -n "$initrd" ] || initrd=$img/initramfs.img
 if [ -z "$storage" ]; then
     storage=$CACHE/run/$BOARD/storage.img
     if [ ! -f "$storage" ]; then

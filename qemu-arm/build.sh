@@ -4,9 +4,11 @@
 #   architecture, the ROM (squashfs: busybox, ovl, the firstboot scripts, mkfs.ext4 where the
 #   board formats ext4, an init that gives a shell), the initramfs (ovl as /init, the board
 #   file, the modules) and the pristine flash or disk image.
-# Output: $CACHE/images/BOARD/{initramfs.cpio.gz, rom.sqfs, sysupgrade.img, storage.img,
-# kernel, env}. The ROM's version is $OVL_IMAGE_VERSION (default: git describe), its compat
-# version $OVL_IMAGE_COMPAT (default 1.0).
+# Output: $CACHE/images/BOARD/{initramfs.img, rom.sqfs, sysupgrade.img, storage.img,
+# kernel, env}; initramfs.img is initramfs.cpio (kept for bench/initramfs.sh) compressed with
+# the board's INITRAMFS_COMP (boards.sh; $OVL_INITRAMFS_COMP overrides it), and so is the
+# benchmark's initramfs-baseline.img. The ROM's version is $OVL_IMAGE_VERSION (default: git
+# describe), its compat version $OVL_IMAGE_COMPAT (default 1.0).
 # Prints a line per step. Needs root (apt-get, mknod for /dev/console).
 set -Eeuo pipefail
 HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
@@ -160,8 +162,10 @@ build_board() {
     (cd "$REPO" && cargo run --quiet --bin ovl -- mkimage -b "$BOARD" --release "$IMAGE_VERSION" \
         --compat "$IMAGE_COMPAT" "$out/rom.sqfs" "$out/sysupgrade.img")
 
-    say "[$BOARD] initramfs (ovl as /init, board file, modules)"
-    local ird=$work/initramfs mods
+    say "[$BOARD] initramfs (ovl as /init, board file, modules; $INITRAMFS_COMP)"
+    local ird=$work/initramfs mods tool
+    tool=$(initramfs_tool "$INITRAMFS_COMP") || die "board $BOARD: no initramfs compression '$INITRAMFS_COMP'"
+    ensure_packages "$tool"
     mkdir -p "$ird"/{dev,proc,sys,run,etc/ovl,"lib/modules/$release"}
     cp "$ovl" "$ird/init"
     install -m 644 "$REPO/board/$BOARD.json" "$ird/etc/ovl/board.json"
@@ -170,7 +174,9 @@ build_board() {
     # shellcheck disable=SC2086
     check_module_order "$kdir" $mods
     for m in $mods; do cp "$kdir/modules/$m.ko" "$ird/lib/modules/$release/"; done
-    (cd "$ird" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | gzip -6 > "$out/initramfs.cpio.gz")
+    (cd "$ird" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet > "$out/initramfs.cpio")
+    initramfs_compress "$INITRAMFS_COMP" < "$out/initramfs.cpio" > "$out/initramfs.img"
+    rm -f "$out/initramfs.cpio.gz" "$out/initramfs-baseline.cpio.gz"
 
     # The baseline's shell preinit knows MTD and GPT names, not UBI volumes.
     if [ "$STORAGE" != combined ] && [ "$STORAGE" != nor-ubi ] && [ "$STORAGE" != nor-nand ]; then
@@ -188,7 +194,8 @@ print(f'MODULES="{" ".join(m["name"] for m in b.get("modules", []))}"')
 print(f'ROM="{b["rom"]}"\nDATA="{b["data"]}"\nFSTYPE="{b["fstype"]}"')
 print(f'MKFS="{b.get("mkfs", "/usr/sbin/mkfs.ext4")}"')
 PY
-        (cd "$bld" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | gzip -6 > "$out/initramfs-baseline.cpio.gz")
+        (cd "$bld" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) |
+            initramfs_compress "$INITRAMFS_COMP" > "$out/initramfs-baseline.img"
     fi
 
     say "[$BOARD] pristine $STORAGE image"
@@ -256,7 +263,7 @@ INI
     cp "$kernel" "$out/kernel"
     printf 'RELEASE=%s\nROM_BYTES=%s\n' "$release" "$rom_bytes" > "$out/env"
     rm -rf "$work"
-    say "[$BOARD] ready: $(du -h "$out/initramfs.cpio.gz" | cut -f1) initramfs, $(du -h "$out/rom.sqfs" | cut -f1) ROM"
+    say "[$BOARD] ready: $(du -h "$out/initramfs.img" | cut -f1) initramfs, $(du -h "$out/rom.sqfs" | cut -f1) ROM"
 }
 
 mkdir -p "$CACHE"
