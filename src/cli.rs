@@ -78,8 +78,16 @@ pub enum Command {
         #[arg(long, value_name = "MAJOR.MINOR", default_value = "1.0")]
         compat: String,
     },
-    /// Check a board file and print what it says, or the first error with the key it is about.
+    /// Check a board file and say what it sets up
+    ///
+    /// Prints the board's name, where the ROM and the writable partition are, the file system
+    /// and which blank contents may be formatted, the modules in load order with their
+    /// parameters, the device timeout and the paths, each with its default where the file sets
+    /// none. On an error it prints the first one, naming the key it is about (exit status 1).
     CheckBoard {
+        /// Print the same as one JSON object.
+        #[arg(long)]
+        json: bool,
         /// The board file.
         file: PathBuf,
     },

@@ -17,6 +17,7 @@
 pub mod apply;
 pub mod backup;
 pub mod board;
+pub mod check_board;
 pub mod cli;
 pub mod cmdline;
 pub mod config;

@@ -419,10 +419,21 @@ fn main() -> ExitCode {
             release,
             compat,
         } => mkimage(&rom, &output, &boards, &release, &compat),
-        Command::CheckBoard { file } => {
+        Command::CheckBoard { json, file } => {
             match ovl::board::Board::load(&file.display().to_string()) {
                 Ok(b) => {
-                    println!("{b:#?}");
+                    let s = ovl::check_board::Summary::new(&b);
+                    if json {
+                        match s.to_json() {
+                            Ok(j) => println!("{j}"),
+                            Err(e) => {
+                                eprintln!("ovlctl: check-board: {e}");
+                                return ExitCode::from(2);
+                            }
+                        }
+                    } else {
+                        print!("{}", s.to_text());
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
