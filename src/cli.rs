@@ -4,13 +4,40 @@ use crate::plan::BootKind;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+/// What a reset does, for `ovlctl reset` and its OpenWrt names alike (a macro: `concat!`
+/// takes literals only).
+macro_rules! reset_help {
+    () => {
+        "It says what it will do and asks (type `yes`); -y does not ask, and without a terminal \
+         and without -y it refuses. On a persistent overlay everything in the upper is deleted, \
+         the first-boot record set pending first, so that after a power cut midway the next boot \
+         empties the upper again. On a tmpfs or failsafe boot, where the partition is not \
+         mounted, the writable partition is reset where it lies: JFFS2 through the MTD layer \
+         (on NOR the old nodes are marked obsolete for JFFS2 to erase in the background; \
+         --full-erase erases them now), ext4 marked to be formatted at the next boot, a UBI \
+         volume emptied; anything ovl does not recognise is left as it is, and it says why. The \
+         next boot runs the first boot again; reboot (-r) so that every program sees the ROM's \
+         state."
+    };
+}
+
+/// Flash overlay manager: a squashfs ROM, a writable overlay on flash, tmpfs when that fails
+///
+/// A device boots from a read-only squashfs ROM and keeps its changes on a writable partition
+/// (JFFS2 on MTD flash, UBIFS on a UBI volume, ext4 on a block device) stacked over it with
+/// overlayfs. When that partition is missing, holds something ovl must not touch, is corrupt,
+/// or failsafe was asked for, the device boots on a tmpfs overlay instead and `ovlctl status`
+/// says which case it chose and why.
+///
+/// One binary, several names: called `preinit` or `init` as PID 1 it boots (preinit(8));
+/// called `sysupgrade` it is `ovlctl sysupgrade` with OpenWrt's -b, -r and -l (sysupgrade(8));
+/// called `firstboot`, `factoryreset` or `jffs2reset` it is `ovlctl reset` (firstboot(8)). Any
+/// other name is ovlctl.
+///
+/// Files: /etc/ovl/board.json, the board file; /run/ovl/state.json, what preinit chose at boot;
+/// /overlay, the writable partition (upper/, work/ and ovl's records beside them).
 #[derive(Parser, Debug)]
-#[command(
-    name = "ovlctl",
-    version,
-    about = "Flash overlay manager: a squashfs ROM with a JFFS2 or ext4 overlay, and a tmpfs when that fails",
-    long_about = None
-)]
+#[command(name = "ovlctl", version)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -18,8 +45,15 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Show which overlay the system runs on and why. Exit status: 0 persistent, 1 tmpfs,
-    /// failsafe or bare ROM, 2 unknown (no state file).
+    /// Show which overlay the system runs on and why
+    ///
+    /// What preinit chose at boot (its state file) and what is mounted now: the mode
+    /// (persistent, tmpfs, failsafe, rom) and why when it is not persistent, the ROM and the
+    /// writable partition, the space left on /overlay, the first-boot state, what waits for the
+    /// next boot, and preinit's time per step.
+    ///
+    /// Exit status: 0 persistent, 1 running on tmpfs, failsafe or the bare ROM, 2 unknown (no
+    /// state file: not booted by ovl).
     Status {
         /// Print JSON with stable keys instead of text.
         #[arg(long)]
@@ -28,15 +62,41 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         state: Option<PathBuf>,
     },
-    /// Boot: mount the ROM and the writable partition, stack the overlay, switch into it and
-    /// exec init. This is what runs as /init or PID 1; the flags let it run in a test.
+    /// Boot: mount the ROM and the writable partition, stack the overlay, exec init
+    ///
+    /// The binary boots when it is PID 1 and called `preinit` or `init`: as /init of an
+    /// initramfs, or with init=/sbin/preinit on the kernel command line. It reads the kernel
+    /// command line (ovl.failsafe, ovl.data=, ovl.fstype=, ...) and /etc/ovl/board.json, loads
+    /// the board's modules, finds the ROM and the writable partition, mounts them and stacks the
+    /// overlay, or a tmpfs overlay with the reason when the partition cannot be used, switches
+    /// into it and executes init with its own arguments. What it chose is written to
+    /// /run/ovl/state.json (ovlctl status). Called so but not PID 1, it refuses.
+    ///
+    /// `ovlctl preinit` refuses as well unless it is PID 1 or given --target: on a running
+    /// system it would replace the live root. Its flags run the same boot below a directory,
+    /// against a command line file and a fixture sysfs (tests).
     Preinit(PreinitArgs),
-    /// Factory reset: back to the ROM's state. Also what the binary does when called
-    /// `factoryreset`, `jffs2reset` or `firstboot` (OpenWrt's names for it).
+    /// Factory reset: back to the ROM's state
+    #[command(long_about = concat!(
+        "Factory reset: back to the ROM's state\n\n",
+        reset_help!(),
+        "\n\nCalled `firstboot`, `factoryreset` or `jffs2reset` (OpenWrt's names; a reset button \
+         runs `firstboot -y -r`), the binary is this command with the same flags."
+    ))]
     Reset(ResetArgs),
-    /// Run the run-once scripts in /etc/firstboot.d and complete the first boot (what the
-    /// ROM's init calls late in every boot). Not a reset: called `firstboot` as argv[0] the
-    /// binary resets, as OpenWrt's firstboot does.
+    /// Run the run-once scripts and complete the first boot
+    ///
+    /// Runs each script in /etc/firstboot.d (OpenWrt's /etc/uci-defaults) with /bin/sh, in name
+    /// order, logs its output with its name, and removes each that exits 0; the others run
+    /// again at the next boot. When all have run, a pending overlay becomes ready: later boots
+    /// keep the upper as it is. The ROM's init calls this late in every boot, as OpenWrt's
+    /// `done` does. After an upgrade that kept the configuration the scripts run after its
+    /// restore, with OVL_RESTORED=1 in their environment.
+    ///
+    /// Not a reset: called `firstboot` as argv[0] the binary resets, as OpenWrt's firstboot does
+    /// (firstboot(8)).
+    ///
+    /// Exit status: 0 all scripts ran, 1 one failed (it runs again at the next boot), 2 an error.
     Firstboot {
         /// The scripts' directory.
         #[arg(long, value_name = "DIR", default_value = crate::firstboot::SCRIPT_DIR)]
@@ -48,21 +108,49 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         state: Option<PathBuf>,
     },
-    /// Write a backup of the configuration the keep list names (/etc/sysupgrade.conf,
-    /// /lib/upgrade/keep.d/*): a gzip'd tar that GNU tar and busybox tar read.
+    /// Write a backup of the configuration the keep list names
+    ///
+    /// The keep list is every line of /etc/sysupgrade.conf and of the files in
+    /// /lib/upgrade/keep.d/: paths, with shell globs per component; a directory recurses. The
+    /// backup is a gzip'd tar of those paths relative to / that GNU tar and busybox tar read,
+    /// its last member a manifest (etc/backup/ovl-manifest.txt). It is written beside the
+    /// output with mode 0600, synced and renamed, so an error leaves nothing behind. It refuses
+    /// on a tmpfs or failsafe boot, where nothing would survive.
     Backup(BackupArgs),
-    /// Restore a backup (ours or a `tar czf` of etc/...): only what the keep list allows, all
-    /// of it or nothing; a hostile archive is refused before anything is written.
+    /// Restore a backup: only what the keep list allows, all of it or nothing
+    ///
+    /// Reads ovl's backups and OpenWrt's (sysupgrade -b, or any `tar czf` of etc/...). Every
+    /// member is checked before anything is written: one bad member (an absolute path, `..`, a
+    /// device node, a setuid file, a symlink leading out of the root, a member over the limits,
+    /// ...) refuses the whole archive. Members the keep list does not allow are left out and
+    /// named. The files are staged on the same file system and committed with one rename, so a
+    /// power cut leaves the old configuration or the new one; the next preinit finishes or
+    /// rolls back a restore that was cut off.
     Restore(RestoreArgs),
-    /// Write a new ROM image (checked first), keeping the configuration for the next boot:
-    /// OpenWrt's sysupgrade. Reboots when done. Also what the binary does when called
-    /// `sysupgrade` (then -b FILE, -r FILE and -l are backup, restore and backup --list).
+    /// Write a new ROM image and keep the configuration: OpenWrt's sysupgrade
+    ///
+    /// The image (made by `ovlctl mkimage`) is checked first: its CRC, that it is squashfs and
+    /// fits the ROM partition, that it is for this board and, when the configuration is kept,
+    /// of the running ROM's compat major (-F overrides those two). The configuration is written
+    /// to /overlay/.ovl-keep before the ROM is touched; then the ROM is written, read back and
+    /// compared, and the device reboots. The next boot restores the configuration into a fresh
+    /// overlay. A ROM in a UBI volume is staged beside the running one and put in place by the
+    /// next preinit.
+    ///
+    /// Called `sysupgrade` (argv[0]) the binary takes the same flags, and -b FILE, -r FILE and
+    /// -l are backup, restore and backup --list (sysupgrade(8)).
     Sysupgrade(SysupgradeArgs),
-    /// Only the keeping part of sysupgrade: the configuration is kept on the writable
-    /// partition and the next boot starts a fresh overlay with it restored (for a flash step
-    /// that something else performs).
+    /// Keep the configuration for the next boot, without writing a ROM
+    ///
+    /// Only the keeping part of sysupgrade, for a flash step that something else performs: the
+    /// configuration is kept on the writable partition (/overlay/.ovl-keep) and the overlay set
+    /// pending, so the next boot starts a fresh overlay with it restored.
     SysupgradeKeep(KeepArgs),
-    /// Make a sysupgrade image from a squashfs ROM (for image builders; see README).
+    /// Make a sysupgrade image from a squashfs ROM (for image builders)
+    ///
+    /// The image is the ROM as mksquashfs wrote it, padded to 4 KiB, then a text of `key value`
+    /// lines (ovl-image, boards, version, compat, size, crc32) and a 16-byte footer: OVLIMG01,
+    /// the text's length and its CRC32. `unsquashfs -l IMAGE` lists it as it is.
     Mkimage {
         /// The squashfs ROM.
         rom: PathBuf,
@@ -230,12 +318,16 @@ pub struct SysupgradeArgs {
     pub image: Option<PathBuf>,
 }
 
-/// sysupgrade under its OpenWrt name: -b, -r and -l as well as the upgrade itself.
+/// Write a new ROM and keep the configuration; -b, -r, -l: backup, restore, list
+///
+/// OpenWrt's sysupgrade, as ovl does it. With an IMAGE it is `ovlctl sysupgrade`
+/// (ovlctl-sysupgrade(8)): the image is checked, the configuration kept on the writable
+/// partition, the ROM written and read back, and the device rebooted; the next boot restores
+/// the configuration into a fresh overlay. -b FILE writes a backup of the configuration the
+/// keep list names (ovlctl backup -o FILE), -r FILE restores one (ovlctl restore FILE) and -l
+/// lists what would be kept (ovlctl backup --list); -c, -o and -u choose what they take.
 #[derive(Parser, Debug)]
-#[command(
-    name = "sysupgrade",
-    about = "Write a new ROM and keep the configuration (ovlctl sysupgrade); -b/-r/-l: backup, restore, list"
-)]
+#[command(name = "sysupgrade")]
 pub struct SysupgradeAlias {
     /// Write a backup of the kept configuration to FILE (`-`: standard output).
     #[arg(short = 'b', value_name = "FILE", conflicts_with_all = ["restore", "list"])]
@@ -250,9 +342,16 @@ pub struct SysupgradeAlias {
     pub args: SysupgradeArgs,
 }
 
-/// The reset under OpenWrt's names (`firstboot -y -r`, `factoryreset`, `jffs2reset`).
+/// Factory reset: back to the ROM's state (ovlctl reset)
 #[derive(Parser, Debug)]
-#[command(about = "Factory reset: back to the ROM's state (ovlctl reset)")]
+#[command(long_about = concat!(
+    "Factory reset: back to the ROM's state (ovlctl reset)\n\n",
+    "OpenWrt's names for `ovlctl reset`, with its flags: firstboot, factoryreset and jffs2reset \
+     (a reset button runs `firstboot -y -r`). ",
+    reset_help!(),
+    "\n\n`ovlctl firstboot`, the subcommand, is not a reset: it runs the run-once scripts and \
+     completes the first boot (ovlctl-firstboot(8))."
+))]
 pub struct ResetAlias {
     #[command(flatten)]
     pub args: ResetArgs,
@@ -286,7 +385,9 @@ pub struct PreinitArgs {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Boot {
+    /// The root is an initramfs: find and mount the ROM, then switch into the overlay.
     Initramfs,
+    /// The kernel mounted the ROM as / (init=/sbin/preinit): stack the overlay over it.
     Rootfs,
 }
 
@@ -296,5 +397,19 @@ impl From<Boot> for BootKind {
             Boot::Initramfs => BootKind::Initramfs,
             Boot::Rootfs => BootKind::Rootfs,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definitions_pass_clap_checks() {
+        // Conflicting names, bad defaults and the like only show when a command is built.
+        Cli::command().debug_assert();
+        ResetAlias::command().debug_assert();
+        SysupgradeAlias::command().debug_assert();
     }
 }
