@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unit tests, the privileged tests on real mounts,
-# and the emulated boards under QEMU. Installs what it needs first (apt packages, rust
-# targets, Debian kernels, busybox). Run as root.
+# The whole test suite: formatting, lints, the man pages and completions, unit tests, the
+# privileged tests on real mounts, and the emulated boards under QEMU. Installs what it needs
+# first (apt packages, rust targets, Debian kernels, busybox). Run as root.
 set -euo pipefail
 cd "$(dirname "$0")"
 OVL_STEP=test
@@ -14,6 +14,8 @@ say "cargo fmt --check"
 cargo fmt --check
 say "cargo clippy"
 cargo clippy --quiet --all-targets -- -D warnings
+say "man pages and shell completions (scripts/check-docs.sh)"
+scripts/check-docs.sh
 say "building the emulated boards: $BOARDS"
 # shellcheck disable=SC2086
 qemu-arm/build.sh $BOARDS
