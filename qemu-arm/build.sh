@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # qemu-arm/build.sh BOARD... — builds what an emulated board boots, from nothing, with cache:
 #   the kernel and modules (kernel.sh), ovl for the board's target, a static busybox for its
-#   architecture, the ROM (squashfs: busybox, ovl, the firstboot scripts, mkfs.ext4 where the
-#   board formats ext4, an init that gives a shell), the initramfs (ovl as /init, the board
-#   file, the modules) and the pristine flash or disk image.
+#   architecture, the ROM (squashfs: busybox, ovl, the firstboot scripts, ovl's man pages and
+#   shell completions, mkfs.ext4 where the board formats ext4, an init that gives a shell), the
+#   initramfs (ovl as /init, the board file, the modules) and the pristine flash or disk image.
 # Output: $CACHE/images/BOARD/{initramfs.img, rom.sqfs, sysupgrade.img, storage.img,
 # kernel, env}; initramfs.img is initramfs.cpio (kept for bench/initramfs.sh) compressed with
 # the board's INITRAMFS_COMP (boards.sh; $OVL_INITRAMFS_COMP overrides it), and so is the
@@ -138,6 +138,14 @@ build_board() {
     install -m 644 "$REPO/board/$BOARD.json" "$rom/etc/ovl/board.json"
     mkdir -p "$rom/etc/firstboot.d"
     find "$REPO/firstboot" -maxdepth 1 -type f ! -name '*.md' -exec cp {} "$rom/etc/firstboot.d/" \;
+    # ovl's man pages, gzip'd as distributions ship them, and its shell completions, where man
+    # and the shells look (made once for all boards, below).
+    local page
+    mkdir -p "$rom/usr/share/man/man8"
+    for page in "$DOCS"/man/man8/*.8; do
+        gzip -9n < "$page" > "$rom/usr/share/man/man8/${page##*/}.gz"
+    done
+    cp -R "$DOCS/bash-completion" "$DOCS/zsh" "$DOCS/fish" "$rom/usr/share/"
     echo "ovl $BOARD" > "$rom/etc/banner"
     # What sysupgrade compares a new image with (see README, "Upgrade").
     printf 'version %s\ncompat %s\n' "$IMAGE_VERSION" "$IMAGE_COMPAT" > "$rom/etc/ovl/release"
@@ -267,4 +275,11 @@ INI
 }
 
 mkdir -p "$CACHE"
+# Man pages and completions from ovl's clap definitions, for every ROM: a host build (xtask/),
+# so the device binary carries no generator. A directory of this run's own: another build may
+# be copying from its own at the same time.
+say "man pages and shell completions (xtask docs)"
+DOCS=$(mktemp -d "$CACHE/tmp.docs.XXXXXX")
+(cd "$REPO" && cargo run --quiet --manifest-path xtask/Cargo.toml --release -- docs "$DOCS")
 for b in "$@"; do build_board "$b"; done
+rm -rf "$DOCS"
