@@ -84,8 +84,7 @@ pub struct Config {
 
 /// Seconds, decimals allowed; None for anything else.
 pub fn parse_seconds(s: &str) -> Option<Duration> {
-    let secs: f64 = s.parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
+    crate::decimal::parse_seconds(s)
 }
 
 fn capped(d: Duration, from: From, notes: &mut Vec<String>) -> Duration {

@@ -284,10 +284,10 @@ pub fn run(o: &Opts) -> Result<()> {
     if has_upper {
         overlay::sync_dir(&upper)?;
         println!(
-            "removed {} entries from {} in {:.2} s{}",
+            "removed {} entries from {} in {} s{}",
             c.removed,
             upper.display(),
-            t.elapsed().as_secs_f64(),
+            crate::decimal::secs(t.elapsed(), 2),
             if c.mounts_skipped > 0 {
                 format!("; {} mount points inside were left alone", c.mounts_skipped)
             } else {
@@ -306,9 +306,9 @@ pub fn run(o: &Opts) -> Result<()> {
             let r = crate::mtd::reset(char_dev, *content == Content::Jffs2, o.full_erase)
                 .map_err(|(w, e)| anyhow!("reset {}: {w}: {}", char_dev.display(), e.desc()))?;
             println!(
-                "{} in {:.2} s",
+                "{} in {} s",
                 r.summary(&char_dev.display().to_string()),
-                t.elapsed().as_secs_f64()
+                crate::decimal::secs(t.elapsed(), 2)
             );
         }
         Partition::MarkBlock { dev } => {
@@ -319,9 +319,9 @@ pub fn run(o: &Opts) -> Result<()> {
             crate::ubi::update(dev, &[], &mut |_, _| {})
                 .map_err(|e| anyhow!("empty {}: UBI_IOCVOLUP: {}", dev.display(), e.desc()))?;
             println!(
-                "emptied the UBI volume {} in {:.2} s: the next boot formats it as UBIFS",
+                "emptied the UBI volume {} in {} s: the next boot formats it as UBIFS",
                 dev.display(),
-                t.elapsed().as_secs_f64()
+                crate::decimal::secs(t.elapsed(), 2)
             );
         }
         Partition::CannotReach(why) => println!("not reset: {why}"),

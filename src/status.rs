@@ -442,13 +442,13 @@ impl Status {
         let steps: Vec<String> = v
             .steps
             .iter()
-            .map(|t| format!("{} {:.1}", t.step, t.us as f64 / 1000.0))
+            .map(|t| format!("{} {}", t.step, crate::decimal::ms(t.us)))
             .collect();
         line(
             "preinit:",
             format!(
-                "{:.1} ms ({})",
-                v.times.preinit_us as f64 / 1000.0,
+                "{} ms ({})",
+                crate::decimal::ms(v.times.preinit_us),
                 steps.join(", ")
             ),
         );
@@ -458,16 +458,17 @@ impl Status {
 
 fn human(b: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut v = b as f64;
+    let mut div = 1u64;
     let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
+    while b / div >= 1024 && u < UNITS.len() - 1 {
+        div *= 1024;
         u += 1;
     }
     if u == 0 {
         format!("{b} B")
     } else {
-        format!("{v:.1} {}", UNITS.get(u).unwrap_or(&"GiB"))
+        let v = crate::decimal::Fixed::ratio(b, div, 1);
+        format!("{v} {}", UNITS.get(u).unwrap_or(&"GiB"))
     }
 }
 

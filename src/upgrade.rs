@@ -615,10 +615,10 @@ pub fn run(o: &Opts) -> Result<()> {
     let t = std::time::Instant::now();
     writer.write(img.payload(), &mut crate::flash::progress())?;
     println!(
-        "written and verified {} bytes to {} in {:.1} s{}",
+        "written and verified {} bytes to {} in {} s{}",
         img.payload().len(),
         writer.name(),
-        t.elapsed().as_secs_f64(),
+        crate::decimal::secs(t.elapsed(), 1),
         if matches!(writer, Writer::UbiStage { .. }) {
             " (staged: the next boot puts it in place before it mounts the ROM)"
         } else {
