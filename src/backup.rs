@@ -202,8 +202,9 @@ pub fn write_to<W: Write>(
         escape(rom.as_bytes())
     );
     // Hard-linked files travel once, then as links to the first path (as tar does).
-    let mut first: std::collections::HashMap<(u64, u64), (&PathBuf, u64, u32)> =
-        std::collections::HashMap::new();
+    // BTreeMap, not HashMap: no hasher and table code in the device binary for a few links.
+    let mut first: std::collections::BTreeMap<(u64, u64), (&PathBuf, u64, u32)> =
+        std::collections::BTreeMap::new();
     for rel in paths {
         let path = root.join(rel);
         let m =

@@ -67,27 +67,30 @@ fn run_script(
     restored: bool,
     kmsg: &mut Option<std::fs::File>,
 ) -> Result<i32> {
-    let (mut r, w) = std::io::pipe().context("pipe")?;
-    let mut cmd = std::process::Command::new("/bin/sh");
-    if restored {
-        cmd.env(RESTORED_ENV, "1");
-    }
-    cmd.arg(path)
-        .stdin(std::process::Stdio::null())
-        .stdout(w.try_clone().context("pipe")?)
-        .stderr(w);
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("run /bin/sh {}", path.display()))?;
-    // The parent's copies of the write end go with the Command, or the read never ends.
-    drop(cmd);
+    let (r, w) = std::io::pipe().context("pipe")?;
+    let argv = [String::from("/bin/sh"), path.display().to_string()];
+    let env: &[(&str, &str)] = if restored {
+        &[(RESTORED_ENV, "1")]
+    } else {
+        &[]
+    };
+    let pid = crate::spawn::spawn(crate::spawn::Spec {
+        argv: &argv,
+        env,
+        inherit_env: true,
+        path: "",
+        root: None,
+        stdout: crate::spawn::Output::Fd(w.try_clone().context("pipe")?.into()),
+        stderr: crate::spawn::Output::Fd(w.into()),
+    })
+    .with_context(|| format!("run /bin/sh {}", path.display()))?;
     let mut out = Vec::new();
-    let _ = r.read_to_end(&mut out);
-    let status = child.wait().with_context(|| format!("wait for {name}"))?;
+    let _ = std::fs::File::from(std::os::fd::OwnedFd::from(r)).read_to_end(&mut out);
+    let status = crate::spawn::wait(pid).with_context(|| format!("wait for {name}"))?;
     for line in String::from_utf8_lossy(&out).lines() {
         say(kmsg, 6, &format!("{name}: {line}"));
     }
-    Ok(status.code().unwrap_or(128))
+    Ok(status.code())
 }
 
 pub fn run(o: &Opts) -> Result<Summary> {
@@ -148,8 +151,8 @@ pub fn run(o: &Opts) -> Result<Summary> {
                     &mut kmsg,
                     6,
                     &format!(
-                        "first boot complete in {:.2} s: the overlay is ready",
-                        start.elapsed().as_secs_f64()
+                        "first boot complete in {} s: the overlay is ready",
+                        crate::decimal::secs(start.elapsed(), 2)
                     ),
                 );
             }

@@ -35,6 +35,7 @@ pub mod preinit;
 pub mod probe;
 pub mod reset;
 pub mod restore;
+pub mod spawn;
 pub mod state;
 pub mod status;
 pub mod sys;

@@ -29,7 +29,7 @@ use crate::backup::{self, Manifest, MANIFEST};
 use crate::keep::KeepList;
 use anyhow::{anyhow, bail, Context, Result};
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -320,7 +320,7 @@ struct Read1 {
 fn read_members(f: &Source) -> Result<Read1> {
     let mut t = tar_of(f)?;
     let mut members: Vec<Member> = Vec::new();
-    let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
+    let mut index: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
     let mut manifest = None;
     for e in t.entries().map_err(bad_archive)? {
         let mut e = e.map_err(bad_archive)?;
@@ -511,8 +511,7 @@ fn check_manifest(members: &[Member], man: &Manifest) -> Result<()> {
         }
     }
     if members.len() != man.members.len() {
-        let have: std::collections::HashSet<&[u8]> =
-            members.iter().map(|m| m.path.as_slice()).collect();
+        let have: BTreeSet<&[u8]> = members.iter().map(|m| m.path.as_slice()).collect();
         if let Some(p) = man.members.keys().find(|p| !have.contains(p.as_slice())) {
             return Err(corrupt(p, "listed in the manifest but missing"));
         }
