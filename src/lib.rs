@@ -21,6 +21,7 @@ pub mod check_board;
 pub mod cli;
 pub mod cmdline;
 pub mod config;
+pub mod crash;
 pub mod decimal;
 pub mod firstboot;
 pub mod flash;

@@ -22,23 +22,17 @@ fn boot(opts: Options) -> ExitCode {
 }
 
 /// A panic in PID 1 would panic the kernel, and a kernel panic on a router is a boot loop with
-/// no word of why. The boot code is written not to panic; should it all the same, say so in
-/// kmsg and on the console, wait, and reboot: the same dead end as a boot with nothing to run.
+/// no word of why. The boot code is written not to panic; should it all the same, say what in
+/// kmsg and start preinit again on tmpfs (ovl::crash). The device build aborts at once on a
+/// panic instead of running this hook; the crash handler takes it from there.
 fn last_words(info: &std::panic::PanicHookInfo) {
-    let line = format!(
-        "preinit: BUG: {info}; rebooting in {} s\n",
-        preinit::REBOOT_DELAY.as_secs()
-    );
+    let line = format!("preinit: BUG: {info}\n");
     for dev in ["/dev/kmsg", "/dev/console"] {
         if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(dev) {
             let _ = std::io::Write::write_all(&mut f, line.as_bytes());
         }
     }
-    std::thread::sleep(preinit::REBOOT_DELAY);
-    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
-    loop {
-        std::thread::sleep(std::time::Duration::from_secs(3600));
-    }
+    ovl::crash::crashed(0)
 }
 
 fn reset(a: ovl::cli::ResetArgs) -> ExitCode {
@@ -294,6 +288,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         std::panic::set_hook(Box::new(last_words));
+        ovl::crash::install(&argv0.to_string_lossy());
         return boot(Options {
             target: PathBuf::from("/"),
             // The kernel hands init whatever bytes the command line had: no UTF-8 promised.
@@ -303,6 +298,7 @@ fn main() -> ExitCode {
                 .collect(),
             kmsg: pid1,
             pid1,
+            crashed: ovl::crash::previous(),
             ..Options::default()
         });
     }
@@ -331,6 +327,7 @@ fn main() -> ExitCode {
             };
             if pid1 {
                 std::panic::set_hook(Box::new(last_words));
+                ovl::crash::install(&argv0.to_string_lossy());
             }
             boot(Options {
                 target,
@@ -341,6 +338,7 @@ fn main() -> ExitCode {
                 init_args: a.init_args,
                 kmsg: a.kmsg || pid1,
                 pid1,
+                crashed: ovl::crash::previous(),
             })
         }
         Command::Status { json, state } => {

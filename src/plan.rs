@@ -36,6 +36,9 @@ pub enum Request {
     Failsafe,
     /// `ovl.volatile`: tmpfs upper for this boot only.
     Volatile,
+    /// The first attempt of this boot crashed (crate::crash): tmpfs upper, and the writable
+    /// partition is neither mounted nor written, as in failsafe.
+    Recovery,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,6 +289,10 @@ pub fn build(input: &PlanInput) -> Plan {
     let decided = match input.request {
         Request::Failsafe => Err((Mode::Failsafe, "failsafe requested".to_string())),
         Request::Volatile => Err((Mode::Tmpfs, "volatile overlay requested".to_string())),
+        Request::Recovery => Err((
+            Mode::Tmpfs,
+            "preinit crashed in its first attempt of this boot".to_string(),
+        )),
         Request::Normal => match &input.data {
             Err(why) => Err((Mode::Tmpfs, why.clone())),
             Ok(data) => persistent_upper(input, data).map_err(|why| (Mode::Tmpfs, why)),

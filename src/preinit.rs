@@ -47,6 +47,9 @@ pub struct Options {
     pub kmsg: bool,
     /// PID 1: a dead end reboots instead of returning.
     pub pid1: bool,
+    /// The previous attempt of this boot crashed (`OVL_CRASHED`, see crate::crash): boot on
+    /// tmpfs and leave the writable partition alone.
+    pub crashed: Option<String>,
 }
 
 /// Step timings and the state being published.
@@ -54,6 +57,8 @@ struct Clock {
     start: Instant,
     last: Instant,
     state: State,
+    /// `ovl.test.crash=STEP`: crash after this step (tests of crate::crash).
+    crash_at: Option<String>,
 }
 
 impl Clock {
@@ -62,7 +67,17 @@ impl Clock {
         let us = u64::try_from(now.duration_since(self.last).as_micros()).unwrap_or(u64::MAX);
         self.state.add_step(step, us);
         self.last = now;
+        crate::crash::step_done(step);
+        if self.crash_at.as_deref() == Some(step) {
+            crash_for_test(step);
+        }
     }
+}
+
+/// A real panic, for the tests that show a crashing preinit still boots (crate::crash).
+#[allow(clippy::panic)]
+fn crash_for_test(step: &str) {
+    panic!("ovl.test.crash={step}");
 }
 
 fn boottime_us() -> u64 {
@@ -105,6 +120,7 @@ pub fn run(opts: &Options, sys: &mut dyn Sys) -> i32 {
             started_us: boottime_us(),
             ..State::default()
         },
+        crash_at: None,
     };
     let target = opts.target.clone();
     let boot = opts.boot.unwrap_or_else(|| detect_boot(&target));
@@ -126,6 +142,9 @@ pub fn run(opts: &Options, sys: &mut dyn Sys) -> i32 {
         crate::klog::to_kmsg(&target.join("dev/kmsg"));
     }
     log::info!("starting ({} boot)", boot.name());
+    if opts.crashed.is_some() {
+        undo_previous_attempt(sys, &layout);
+    }
     clock.lap("setup");
 
     // 2. Command line and board, resolved once.
@@ -133,10 +152,22 @@ pub fn run(opts: &Options, sys: &mut dyn Sys) -> i32 {
     if !board.name.is_empty() {
         clock.state.board = Some(fit(&board.name));
     }
-    let cfg = Config::resolve(&cmdline, &board, boot);
+    let mut cfg = Config::resolve(&cmdline, &board, boot);
     for note in &cfg.notes {
         log::warn!("{note}");
         clock.state.add_note(note);
+    }
+    if let Some(crash) = &opts.crashed {
+        // Whatever crashed the first attempt may be on the writable partition: not again.
+        let note = format!(
+            "preinit crashed ({crash}) and started again: booting on tmpfs, the writable \
+             partition left alone"
+        );
+        log::error!("{note}");
+        clock.state.add_note(&note);
+        cfg.request = Request::Recovery;
+    } else {
+        clock.crash_at = cmdline.get("ovl.test.crash").map(str::to_string);
     }
     clock.state.init = fit(&cfg.init.value);
 
@@ -204,6 +235,65 @@ pub fn run(opts: &Options, sys: &mut dyn Sys) -> i32 {
     // 6. The fallback ladder, then 7. publish and exec.
     let outcome = ladder(sys, &input, &cfg, &mut clock);
     finish(sys, &layout, &mut clock, outcome, &cfg.init.value, opts)
+}
+
+/// After a crash (crate::crash) the first attempt's mounts are still there: the ROM on /rom,
+/// the writable partition on /overlay, the new root. Mounting over them again fails (EBUSY)
+/// or hides what the attempt left; detach every mount below the target but the API file
+/// systems, deepest first.
+fn undo_previous_attempt(sys: &mut dyn Sys, layout: &Layout) {
+    let keep: Vec<PathBuf> = ["proc", "sys", "dev", layout.run_name]
+        .iter()
+        .map(|d| layout.target.join(d))
+        .collect();
+    let Ok(info) = std::fs::read_to_string(layout.target.join("proc/self/mountinfo")) else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .filter(|p| {
+            p.starts_with(&layout.target)
+                && *p != layout.target
+                && !keep.iter().any(|k| p.starts_with(k))
+        })
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    for p in points {
+        match sys.umount(&p, true) {
+            Ok(()) => log::info!(
+                "detached {} (left by the attempt that crashed)",
+                p.display()
+            ),
+            Err(e) => log::warn!("{e}"),
+        }
+    }
+}
+
+/// mountinfo writes space, tab, newline and backslash in paths as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|d| c == b'\\' && d.iter().all(|x| (b'0'..=b'7').contains(x)));
+        match oct {
+            Some(d) => {
+                let v = d.iter().fold(0u32, |a, x| a * 8 + u32::from(x - b'0'));
+                out.push(u8::try_from(v).unwrap_or(b'?'));
+                i += 4;
+            }
+            None => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A device path as the system will see it after the switch (`<target>/dev/x` is `/dev/x`).
@@ -514,7 +604,7 @@ fn find(
     Result<plan::DataFound, String>,
 ) {
     let want_rom = boot == BootKind::Initramfs;
-    let want_data = cfg.request != Request::Failsafe;
+    let want_data = !matches!(cfg.request, Request::Failsafe | Request::Recovery);
     let first = |v: &[Value<Selector>]| v.first().map(|s| s.value.clone());
     let found = probe::find(
         &Wanted {
@@ -835,6 +925,13 @@ fn exec_init(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(unescape_mountinfo("/mnt/a\\040b\\134c"), "/mnt/a b\\c");
+        assert_eq!(unescape_mountinfo("/x\\04"), "/x\\04");
+        assert_eq!(unescape_mountinfo("/rom"), "/rom");
+    }
+
     use super::*;
     use crate::sys::record::Recorder;
     use nix::errno::Errno;

@@ -508,6 +508,59 @@ fn nor_missing_data_partition(board: &'static str) {
     g.poweroff();
 }
 
+/// The boot code must not crash, but should it (ovl.test.crash=STEP makes a real panic after
+/// that step: the device build aborts on an illegal instruction), PID 1 starts preinit again,
+/// which boots on tmpfs, says why, and leaves the writable partition alone.
+fn crashing_preinit_boots_on_tmpfs(board: &'static str, nor: bool) {
+    let s = Storage::new(board, &log_name(board, "crash"));
+    let mut g = s.boot(1, &[]);
+    g.run("echo before > /etc/before && sync");
+    g.poweroff();
+    let before = nor.then(|| s.nor_data());
+    let mut g = s.boot(2, &["--append", "ovl.test.crash=find"]);
+    let st = assert_tmpfs(&mut g, "tmpfs", "preinit crashed in its first attempt");
+    let notes = st["notes"].to_string();
+    assert!(notes.contains("after step find"), "{st}");
+    let (code, _) = g.sh("test -e /etc/before");
+    assert_ne!(
+        code, 0,
+        "the crashed boot showed the writable partition's files"
+    );
+    let (_, log) = g.sh("dmesg | grep 'preinit: BUG'");
+    assert!(log.contains("starting again on tmpfs"), "{log}");
+    g.poweroff();
+    if let Some(before) = before {
+        assert!(
+            s.nor_data() == before,
+            "the crashed boot changed rootfs_data"
+        );
+    }
+    // A crash later, with the writable partition already mounted: still a writable root.
+    let mut g = s.boot(3, &["--append", "ovl.test.crash=upper"]);
+    assert_tmpfs(&mut g, "tmpfs", "preinit crashed in its first attempt");
+    g.poweroff();
+    // And the next normal boot is persistent again, with the files of before.
+    let mut g = s.boot(4, &[]);
+    assert_eq!(g.status()["mode"], "persistent");
+    g.run("grep -q before /etc/before");
+    g.poweroff();
+}
+
+#[test]
+fn nor_a_crashing_preinit_boots_on_tmpfs_and_leaves_the_flash_alone() {
+    crashing_preinit_boots_on_tmpfs(NOR, true);
+}
+
+#[test]
+fn armv7_a_crashing_preinit_boots_on_tmpfs_and_leaves_the_flash_alone() {
+    crashing_preinit_boots_on_tmpfs(ARMV7_NOR, true);
+}
+
+#[test]
+fn disk_a_crashing_preinit_boots_on_tmpfs() {
+    crashing_preinit_boots_on_tmpfs(DISK, false);
+}
+
 fn nor_failsafe_leaves_the_flash_alone(board: &'static str) {
     let s = Storage::new(board, &log_name(board, "failsafe"));
     let mut g = s.boot(1, &[]);
