@@ -100,9 +100,9 @@ board_vars() {
         ;;
     qemu-armv7-nor | qemu-armv7-nand)
         # The same NOR router on 32-bit ARM: Debian's armmp kernel, where mtd and chipreg are
-        # built in. No musl std for armv7 from rustup: ovl links statically against glibc.
+        # built in. ovl is static musl, its std built by nightly (scripts/device.sh).
         ARCH=armhf
-        RUST_TARGET=armv7-unknown-linux-gnueabihf
+        RUST_TARGET=armv7-unknown-linux-musleabihf
         QEMU=qemu-system-arm
         QEMU_MACHINE="-M virt -cpu cortex-a15"
         ;;

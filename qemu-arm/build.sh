@@ -16,6 +16,7 @@ REPO=$(cd -- "$HERE/.." && pwd)
 CACHE=${OVL_CACHE:-$REPO/.cache}
 OVL_STEP=build
 . "$REPO/scripts/lib.sh"
+. "$REPO/scripts/device.sh"
 . "$HERE/boards.sh"
 trap 'say "failed at line $LINENO: $BASH_COMMAND"' ERR
 
@@ -109,10 +110,9 @@ build_board() {
     (cd "$REPO" && cargo run --quiet --bin ovl -- check-board "board/$BOARD.json" >/dev/null) ||
         die "board/$BOARD.json is not a valid board file (see the error above)"
 
-    say "[$BOARD] ovl for $RUST_TARGET (release)"
-    ensure_rust_target "$RUST_TARGET"
-    (cd "$REPO" && cargo build --quiet --release --target "$RUST_TARGET" --bin ovl)
-    local ovl=$REPO/target/$RUST_TARGET/release/ovl
+    say "[$BOARD] ovl for $RUST_TARGET (device build: scripts/device.sh)"
+    device_build "$REPO" "$RUST_TARGET"
+    local ovl=$DEVICE_BIN
     # It runs as /init before anything else is there: it must not need a dynamic loader.
     file -b "$ovl" | grep -Eq 'statically linked|static-pie linked' ||
         die "$ovl is not a static binary: $(file -b "$ovl")"

@@ -1,0 +1,96 @@
+# The device build of ovl: the static binary that goes into a ROM. Sourced after lib.sh.
+#
+# Nightly rebuilds the standard library for the target (-Zbuild-std) with panic=immediate-abort
+# (no panic formatting or unwinding), without unwind tables, non-PIE, identical code folded:
+# about half the size of the stable release build. The host build and the tests stay on stable
+# (`cargo build --release --target T` still works and is what OVL_STABLE_DEVICE=1 uses).
+#
+# The C side of a static musl binary (crt objects, libc.a, libunwind.a):
+# - aarch64 and x86_64: the objects rustup ships with the stable musl targets (nightly's are
+#   not downloadable here), handed to the linker by path;
+# - armv7 (rustup has no musl std for it): zig's clang, from the ziglang wheel, which builds
+#   musl for arm-linux-musleabihf itself.
+
+DEVICE_TARGET_DIR=target/device
+ZIG_VERSION=0.17.1
+DEVICE_RUSTFLAGS="-Zunstable-options -Cpanic=immediate-abort -Cforce-unwind-tables=no \
+-Crelocation-model=static -Zlocation-detail=none -Ctarget-feature=+crt-static"
+
+ensure_nightly() {
+    if ! rustup toolchain list | grep -q '^nightly'; then
+        say "installing the nightly toolchain (the device build rebuilds std with it)"
+        rustup toolchain install nightly --profile minimal >/dev/null ||
+            die "rustup toolchain install nightly failed"
+    fi
+    rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src' || {
+        say "adding rust-src to nightly (for -Zbuild-std)"
+        rustup component add rust-src --toolchain nightly >/dev/null ||
+            die "rustup component add rust-src --toolchain nightly failed"
+    }
+}
+
+# ensure_zig CACHE: zig from PyPI's ziglang wheel, under CACHE/zig; prints the linker wrapper.
+ensure_zig() {
+    local dir=$1/zig-$ZIG_VERSION
+    if [ ! -x "$dir/ziglang/zig" ]; then
+        say "installing zig $ZIG_VERSION (the armv7 musl C library and linker)"
+        ensure_packages python3-pip:pip3
+        rm -rf "$dir.tmp"
+        pip3 install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --target "$dir.tmp" \
+            "ziglang==$ZIG_VERSION" >&2 || die "pip install ziglang==$ZIG_VERSION failed"
+        rm -rf "$dir" && mv "$dir.tmp" "$dir"
+    fi
+    # rustc speaks to a gcc; zig's clang takes the same words except these, and it warns of
+    # the library directory rustc names in nightly's sysroot, where no armv7 musl std exists.
+    cat >"$dir/cc-arm-linux-musleabihf" <<EOF
+#!/bin/sh
+skip=
+for a in "\$@"; do
+    shift
+    if [ -n "\$skip" ]; then skip=; [ -d "\$a" ] && set -- "\$@" -L "\$a"; continue; fi
+    case \$a in
+    -lgcc_s | -lgcc_eh | --target=*) ;;
+    -L) skip=1 ;;
+    -L*) [ -d "\${a#-L}" ] && set -- "\$@" "\$a" ;;
+    *) set -- "\$@" "\$a" ;;
+    esac
+done
+exec "$dir/ziglang/zig" cc -target arm-linux-musleabihf "\$@"
+EOF
+    chmod +x "$dir/cc-arm-linux-musleabihf"
+    echo "$dir/cc-arm-linux-musleabihf"
+}
+
+# device_build REPO TARGET: builds ovl for TARGET; sets DEVICE_BIN to the stripped binary.
+device_build() {
+    local repo=$1 target=$2 flags cache sc
+    cache=${OVL_CACHE:-$repo/.cache}
+    if [ -n "${OVL_STABLE_DEVICE:-}" ]; then
+        ensure_rust_target "$target"
+        (cd "$repo" && cargo build --quiet --release --target "$target" --bin ovl) ||
+            die "cargo build --target $target failed"
+        DEVICE_BIN=$repo/target/$target/release/ovl
+        return
+    fi
+    ensure_nightly
+    flags=$DEVICE_RUSTFLAGS
+    case $target in
+    aarch64-unknown-linux-musl | x86_64-unknown-linux-musl)
+        ensure_rust "$target"
+        sc=$(rustc --print sysroot)/lib/rustlib/$target/lib/self-contained
+        [ -f "$sc/crt1.o" ] || die "no musl crt objects in $sc (rustup target add $target)"
+        flags="$flags -Clink-self-contained=no -L$sc -Zpre-link-arg=$sc/crt1.o \
+-Zpre-link-arg=$sc/crti.o -Zpre-link-arg=$sc/crtbegin.o -Clink-arg=$sc/crtend.o \
+-Clink-arg=$sc/crtn.o -Clink-arg=--icf=all"
+        ;;
+    armv7-unknown-linux-musleabihf)
+        flags="$flags -Clink-self-contained=no -Clinker=$(ensure_zig "$cache")"
+        ;;
+    *) die "no device build for $target" ;;
+    esac
+    (cd "$repo" && RUSTFLAGS=$flags cargo +nightly build --quiet --release --target "$target" \
+        --bin ovl -Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size \
+        --target-dir "$DEVICE_TARGET_DIR") ||
+        die "device build for $target failed (nightly -Zbuild-std; OVL_STABLE_DEVICE=1 builds with stable)"
+    DEVICE_BIN=$repo/$DEVICE_TARGET_DIR/$target/release/ovl
+}
