@@ -46,8 +46,9 @@ for line in sys.stdin:
     if kind.lower() not in "tw":
         continue
     bare = re.sub(r"^(<|_<)+", "", name)
-    m = re.match(r"([A-Za-z_][A-Za-z0-9_]*)::", bare)
-    crates[m.group(1) if m else "(C: musl libc)"] += size
+    # The first path names the crate: `<u128 as core::fmt::Display>::fmt` is core's.
+    m = re.search(r"([A-Za-z_][A-Za-z0-9_]*)::", bare)
+    crates[m.group(1) if m else "(no crate: musl libc, outlined code)"] += size
     funcs.append((size, name))
 print(f"  code by crate (total {sum(crates.values())} bytes):")
 for k, v in crates.most_common(top):
