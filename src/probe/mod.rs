@@ -6,6 +6,7 @@ pub mod jffs2;
 pub mod magic;
 pub mod mtd;
 pub mod parttable;
+pub mod watch;
 
 use crate::board::Selector;
 use crate::plan::{DataFound, DataKind, RomFound};
@@ -68,13 +69,89 @@ pub fn make_nodes(snap: &Snapshot, src: &Sources, sys: &mut dyn Sys) {
 }
 
 pub fn snapshot(src: &Sources) -> Snapshot {
+    snapshot_of(src, Need::ALL)
+}
+
+/// What a scan reads: each part costs system calls (a uevent read per block device), slow
+/// early in a boot and under emulation, so find reads only what its selectors look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Need {
+    pub mtd: bool,
+    pub blocks: bool,
+    pub ubi: bool,
+}
+
+impl Need {
+    pub const ALL: Need = Need {
+        mtd: true,
+        blocks: true,
+        ubi: true,
+    };
+    const NONE: Need = Need {
+        mtd: false,
+        blocks: false,
+        ubi: false,
+    };
+
+    /// What resolving `sel` looks at.
+    pub fn of(sel: &Selector) -> Need {
+        match sel {
+            Selector::Mtd(_) => Need {
+                mtd: true,
+                ..Need::NONE
+            },
+            Selector::PartName(_)
+            | Selector::Label(_)
+            | Selector::PartUuid(_)
+            | Selector::Uuid(_) => Need {
+                blocks: true,
+                ..Need::NONE
+            },
+            // UBI attaches an MTD partition named by its MTD name.
+            Selector::Ubi { .. } => Need {
+                mtd: true,
+                ubi: true,
+                ..Need::NONE
+            },
+            Selector::Path(_) | Selector::AfterRom => Need::NONE,
+            Selector::Auto => Need::ALL,
+        }
+    }
+
+    pub fn or(self, o: Need) -> Need {
+        Need {
+            mtd: self.mtd || o.mtd,
+            blocks: self.blocks || o.blocks,
+            ubi: self.ubi || o.ubi,
+        }
+    }
+}
+
+/// A [`Snapshot`] of the parts `need` names; the others are left empty.
+pub fn snapshot_of(src: &Sources, need: Need) -> Snapshot {
     Snapshot {
-        mtd: std::fs::read_to_string(src.proc_dir.join("mtd"))
-            .map(|t| mtd::parse_proc_mtd(&t))
-            .unwrap_or_default(),
-        blocks: block::scan(&src.sys_dir),
-        ubi_devs: crate::ubi::devices(&src.sys_dir),
-        ubi: crate::ubi::volumes(&src.sys_dir),
+        mtd: if need.mtd {
+            std::fs::read_to_string(src.proc_dir.join("mtd"))
+                .map(|t| mtd::parse_proc_mtd(&t))
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        },
+        blocks: if need.blocks {
+            block::scan(&src.sys_dir)
+        } else {
+            Vec::new()
+        },
+        ubi_devs: if need.ubi {
+            crate::ubi::devices(&src.sys_dir)
+        } else {
+            Vec::new()
+        },
+        ubi: if need.ubi {
+            crate::ubi::volumes(&src.sys_dir)
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -218,10 +295,18 @@ pub fn dev_path(src: &Sources, p: &str) -> PathBuf {
 
 pub fn read_head(path: &Path, len: usize) -> std::io::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(len);
-    std::fs::File::open(path)?
+    no_readahead(std::fs::File::open(path)?)
         .take(len as u64)
         .read_to_end(&mut buf)?;
     Ok(buf)
+}
+
+/// A device opened to read a few KiB: without this, the kernel reads ahead 128 KiB (through
+/// mtdblock, 256 reads of 512 bytes from the flash) that nothing uses; squashfs and JFFS2
+/// read the device themselves. Only advice: a file that refuses it is read as it is.
+pub fn no_readahead(f: std::fs::File) -> std::fs::File {
+    let _ = nix::fcntl::posix_fadvise(&f, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM);
+    f
 }
 
 fn device_size(path: &Path) -> std::io::Result<u64> {
@@ -347,6 +432,19 @@ pub fn find(w: &Wanted, src: &Sources, sys: &mut dyn Sys) -> Found {
     let mut notes = Vec::new();
     let mut stage_err: Option<String> = None;
     let mut snap;
+    // Without devtmpfs the nodes are made from the block devices and MTD partitions seen.
+    let need = [&w.rom, &w.data]
+        .into_iter()
+        .flatten()
+        .fold(Need::NONE, |n, s| n.or(Need::of(s)))
+        .or(if src.make_nodes {
+            Need::ALL
+        } else {
+            Need::NONE
+        });
+    // Before the first scan: a node made between a scan and the wait still ends the wait.
+    let devs = watch::DevWatch::new(&src.dev_dir, src.make_nodes);
+    let snapshot = |src: &Sources| snapshot_of(src, need);
     loop {
         snap = snapshot(src);
         if src.make_nodes {
@@ -428,10 +526,11 @@ pub fn find(w: &Wanted, src: &Sources, sys: &mut dyn Sys) -> Found {
                 Some(Hit::Block(_))
             )
         );
-        if (rom_ok && (data_ok || siblings_complete)) || start.elapsed() >= w.timeout {
+        let elapsed = start.elapsed();
+        if (rom_ok && (data_ok || siblings_complete)) || elapsed >= w.timeout {
             break;
         }
-        std::thread::sleep(Duration::from_millis(25));
+        devs.wait(w.timeout.saturating_sub(elapsed));
     }
     let waited = start.elapsed().as_millis();
     let rom = match (&w.rom, &rom_hit) {
