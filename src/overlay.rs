@@ -147,6 +147,7 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 pub fn rom_identity(dev: &Path) -> io::Result<String> {
     use std::os::unix::fs::FileExt;
     let f = std::fs::File::open(dev).map_err(ctx(format!("open {}", dev.display())))?;
+    let f = crate::probe::no_readahead(f);
     identity_with(&dev.display().to_string(), |buf, at| {
         f.read_exact_at(buf, at)
     })
