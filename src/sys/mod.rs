@@ -2,6 +2,7 @@
 //! implementation on nix ([`real::Real`]) and a double that records the calls
 //! ([`record::Recorder`]), so the boot logic can be unit-tested without root.
 
+pub mod free;
 pub mod real;
 pub mod record;
 
