@@ -4,7 +4,13 @@ kernel, same ROM, same flash or disk) and prints medians: kernel start -> preini
 preinit start -> exec of init (with and without module loading), total to the shell, the
 ratio ovl/baseline, and the binary size per target. Figures only: nothing passes or fails.
 
-Usage: bench/boards.py [--boots N] [BOARD...]   (run by bench/boards.sh after the build)
+With --against REV (bench/boards.sh builds REV's ovl as $CACHE/against/REV/BOARD.ovl), a
+third kind boots a copy of the board's initramfs with that binary as /init, and each row also
+gives the ratio new/old. The kinds boot in turn (one of each, then again), so that a change in
+the host's load falls on all of them alike.
+
+Usage: bench/boards.py [--boots N] [--no-reset] [--against REV] [BOARD...]
+       (run by bench/boards.sh after the build)
 """
 import argparse
 import json
@@ -73,19 +79,92 @@ def measure(text, baseline):
     return st["times"]["kernel_to_preinit_us"] / 1e6, total, total - steps.get("modules", 0) / 1e6, shell
 
 
-def run_board(board, n):
+# The initramfs compressions by their magic bytes, and how to undo each (the names are
+# qemu-arm/boards.sh's, whose initramfs_compress makes them again).
+COMPRESSIONS = [
+    (b"\x1f\x8b", "gzip", ["gzip", "-dc"]),
+    (b"\xfd7zXZ\x00", "xz", ["xz", "-dc"]),
+    (b"\x5d\x00\x00", "lzma", ["xz", "--format=lzma", "-dc"]),
+    (b"BZh", "bzip2", ["bzip2", "-dc"]),
+    (b"\x02\x21\x4c\x18", "lz4", ["lz4", "-dc"]),
+    (b"\x28\xb5\x2f\xfd", "zstd", ["zstd", "-dc", "-q"]),
+    (b"\x89LZO", "lzo", ["lzop", "-dc"]),
+    (b"070701", "none", ["cat"]),
+]
+
+
+def compression_of(path):
+    with open(path, "rb") as f:
+        head = f.read(8)
+    for magic, name, undo in COMPRESSIONS:
+        if head.startswith(magic):
+            return name, undo
+    sys.exit(f"{path}: unknown initramfs compression (first bytes {head.hex()})")
+
+
+def unpack(initrd, into):
+    """The initramfs's files, as root made them (device nodes too), in `into`."""
+    _, undo = compression_of(initrd)
+    with open(initrd, "rb") as f:
+        cpio = subprocess.run(undo, stdin=f, stdout=subprocess.PIPE, check=True).stdout
+    subprocess.run(["cpio", "-id", "--quiet"], input=cpio, cwd=into, check=True)
+
+
+def init_size(initrd):
+    """The size of /init in an initramfs: the binary the board boots."""
+    with tempfile.TemporaryDirectory(prefix="ovl-bench") as d:
+        unpack(initrd, d)
+        return os.path.getsize(os.path.join(d, "init"))
+
+
+def with_init(initrd, binary, out):
+    """A copy of `initrd` whose /init is `binary`, packed and compressed as `initrd` is."""
+    name, _ = compression_of(initrd)
+    with tempfile.TemporaryDirectory(prefix="ovl-bench") as d:
+        unpack(initrd, d)
+        shutil.copy(binary, os.path.join(d, "init"))
+        os.chmod(os.path.join(d, "init"), 0o755)
+        pack = ("find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | "
+                f'{{ . "{REPO}/qemu-arm/boards.sh"; initramfs_compress {name}; }} > "{out}.new"')
+        subprocess.run(["bash", "-c", pack], cwd=d, check=True)
+    os.replace(out + ".new", out)
+
+
+def kinds_of(board, against):
+    """(kind, initramfs) to boot: ovl, the old revision's ovl, the baseline."""
     img = os.path.join(CACHE, "images", board)
-    results = {}
-    for kind, initrd in (("ovl", None), ("baseline", os.path.join(img, "initramfs-baseline.img"))):
-        if initrd and not os.path.exists(initrd):
-            continue
-        with tempfile.TemporaryDirectory(prefix="ovl-bench") as d:
-            storage = os.path.join(d, "storage.img")
-            shutil.copy(os.path.join(img, "storage.img"), storage)
-            first = measure(boot(board, storage, initrd), kind == "baseline")
-            later = [measure(boot(board, storage, initrd), kind == "baseline") for _ in range(n)]
-        results[kind] = (first, [statistics.median(x[i] for x in later) for i in range(4)])
-    return results
+    kinds = [("ovl", os.path.join(img, "initramfs.img"))]
+    if against:
+        binary = os.path.join(CACHE, "against", against, f"{board}.ovl")
+        out = os.path.join(CACHE, "against", against, f"{board}.initramfs.img")
+        with_init(kinds[0][1], binary, out)
+        kinds.append((against, out))
+    baseline = os.path.join(img, "initramfs-baseline.img")
+    if os.path.exists(baseline):
+        kinds.append(("baseline", baseline))
+    return kinds
+
+
+def run_board(board, n, against=None):
+    """Per kind: (first boot, medians of n later boots, init's size). The kinds boot in turn,
+    each on its own copy of the pristine storage."""
+    img = os.path.join(CACHE, "images", board)
+    kinds = kinds_of(board, against)
+    with tempfile.TemporaryDirectory(prefix="ovl-bench") as d:
+        storage = {}
+        for kind, _ in kinds:
+            storage[kind] = os.path.join(d, f"{kind}.img")
+            shutil.copy(os.path.join(img, "storage.img"), storage[kind])
+        first, later = {}, {k: [] for k, _ in kinds}
+        for i in range(n + 1):
+            for kind, initrd in kinds:
+                m = measure(boot(board, storage[kind], initrd), kind == "baseline")
+                if i == 0:
+                    first[kind] = m
+                else:
+                    later[kind].append(m)
+    return {kind: (first[kind], [statistics.median(x[i] for x in later[kind]) for i in range(4)],
+                   init_size(initrd)) for kind, initrd in kinds}
 
 
 def status_of(text):
@@ -172,26 +251,36 @@ def main():
     ap.add_argument("--boots", type=int, default=5, help="later boots per board and kind (default 5)")
     ap.add_argument("boards", nargs="*", default=["qemu-aarch64-nor", "qemu-aarch64-nor-ubi", "qemu-x86_64-disk"])
     ap.add_argument("--no-reset", action="store_true", help="skip the factory reset figures")
+    ap.add_argument("--against", metavar="REV", help="also boot REV's ovl (built by bench/boards.sh)")
     a = ap.parse_args()
-    ms = lambda s: f"{s * 1000:8.0f} ms"
+    ms = lambda s: f"{s * 1000:6.0f} ms"
     for board in a.boards:
         print(f"\n{board}: medians of {a.boots} boots after the first (TCG, 2 cores)", flush=True)
-        r = run_board(board, a.boots)
+        r = run_board(board, a.boots, a.against)
         cols = ["kernel->preinit", "preinit->exec", "  without modules", "total to shell"]
-        for kind, (first, med) in r.items():
-            print(f"  {kind:9s} first boot: preinit->exec {ms(first[1]).strip()}")
+        for kind, (first, _, _) in r.items():
+            print(f"  {kind:9s} first boot: preinit->exec {ms(first[1]).strip()}, "
+                  f"without modules {ms(first[2]).strip()}")
+        ratios = [("ovl", "baseline")] + ([("ovl", a.against)] if a.against else [])
         for i, c in enumerate(cols):
-            row = f"  {c:18s}" + "".join(f" {k} {ms(v[1][i])}" for k, v in r.items())
-            if "ovl" in r and "baseline" in r and r["baseline"][1][i] > 0:
-                row += f"   ovl/baseline {r['ovl'][1][i] / r['baseline'][1][i]:.2f}"
+            row = f"  {c:18s}" + "".join(f"  {k} {ms(v[1][i])}" for k, v in r.items())
+            for new, old in ratios:
+                if new in r and old in r and r[old][1][i] > 0:
+                    row += f"  {new}/{old} {r[new][1][i] / r[old][1][i]:.2f}"
             print(row)
+        print(f"  {'/init (bytes)':18s}" + "".join(f"  {k} {v[2]:9d}" for k, v in r.items() if k != "baseline")
+              + ("  (baseline: a busybox shell script)" if "baseline" in r else ""))
     if not a.no_reset and "qemu-aarch64-nor" in a.boards:
         reset_figures()
     print("\nstatic binary size (stripped):")
-    for t in ("aarch64-unknown-linux-musl", "x86_64-unknown-linux-musl", "armv7-unknown-linux-gnueabihf"):
-        p = os.path.join(REPO, "target", t, "release", "ovl")
-        if os.path.exists(p):
-            print(f"  {t:32s} {os.path.getsize(p):8d} bytes")
+    for t in ("aarch64-unknown-linux-musl", "x86_64-unknown-linux-musl", "armv7-unknown-linux-musleabihf",
+              "armv7-unknown-linux-gnueabihf"):
+        # The device build (scripts/device.sh) first, else a plain release build.
+        for p in (os.path.join(REPO, "target", "device", t, "release", "ovl"),
+                  os.path.join(REPO, "target", t, "release", "ovl")):
+            if os.path.exists(p):
+                print(f"  {t:32s} {os.path.getsize(p):8d} bytes")
+                break
 
 
 if __name__ == "__main__":
