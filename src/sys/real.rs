@@ -7,8 +7,6 @@ use nix::mount::{MntFlags, MsFlags};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 /// How long a program preinit runs (mkfs.ext4) may take: a lazily initialised ext4 on a large
@@ -132,10 +130,11 @@ impl Sys for Real {
                 "not a ramfs or tmpfs, refusing to delete it",
             ));
         }
-        let dev = std::fs::symlink_metadata(root)
-            .map_err(|e| SysError::new(format!("stat {}", root.display()), io_errno(&e)))?
-            .dev();
-        remove_below(root, dev);
+        let freed = super::free::below(root)
+            .map_err(|e| SysError::new(format!("free {}", root.display()), e))?;
+        if freed.failed > 0 {
+            log::warn!("free {}: {} names not removed", root.display(), freed.failed);
+        }
         Ok(())
     }
 
@@ -148,72 +147,39 @@ impl Sys for Real {
     }
 
     fn run(&mut self, root: Option<&Path>, argv: &[String]) -> SysResult<()> {
+        use crate::spawn::{Output, Spec, Waited};
         let what = format!("run {}", argv.join(" "));
-        let (prog, args) = argv
-            .split_first()
-            .ok_or_else(|| SysError::msg(what.clone(), "empty command"))?;
-        let mut cmd = std::process::Command::new(prog);
-        cmd.args(args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-        if let Some(root) = root {
-            let root = root.to_path_buf();
-            // SAFETY: between fork and exec we only make two system calls.
-            unsafe {
-                cmd.pre_exec(move || {
-                    nix::unistd::chroot(&root)?;
-                    nix::unistd::chdir("/")?;
-                    Ok(())
-                });
-            }
+        if argv.is_empty() {
+            return Err(SysError::msg(what, "empty command"));
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| SysError::new(what.clone(), io_errno(&e)))?;
+        let (r, w) = std::io::pipe().map_err(|e| SysError::new(what.clone(), io_errno(&e)))?;
+        let pid = crate::spawn::spawn(Spec {
+            argv,
+            env: &[],
+            inherit_env: false,
+            path: "/usr/sbin:/usr/bin:/sbin:/bin",
+            root,
+            stdout: Output::Null,
+            stderr: Output::Fd(w.into()),
+        })
+        .map_err(|e| SysError::new(what.clone(), io_errno(&e)))?;
         // stderr is read beside the wait, so a chatty program cannot fill the pipe and stall.
-        // A thread that cannot be started is an error, not a panic: kill the program.
-        let reader = match child.stderr.take().map(|mut pipe| {
-            std::thread::Builder::new().spawn(move || {
-                let mut text = String::new();
-                let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
-                text
-            })
-        }) {
-            Some(Err(e)) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(SysError::new(
-                    format!("{what}: start a thread for its output"),
-                    io_errno(&e),
-                ));
-            }
-            Some(Ok(h)) => Some(h),
-            None => None,
-        };
-        let deadline = std::time::Instant::now() + self.run_timeout;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(20))
-                }
-                Ok(None) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(SysError::msg(
-                        what,
-                        format!("still running after {:?}, killed", self.run_timeout),
-                    ));
-                }
-                Err(e) => return Err(SysError::new(what, io_errno(&e))),
+        let (how, stderr) = crate::spawn::wait_reading(pid, r.into(), self.run_timeout, 64 << 10)
+            .map_err(|e| SysError::new(what.clone(), io_errno(&e)))?;
+        let status = match how {
+            Waited::Done(s) if s.success() => return Ok(()),
+            Waited::Done(s) => s,
+            Waited::Killed => {
+                return Err(SysError::msg(
+                    what,
+                    format!(
+                        "still running after {} s, killed",
+                        crate::decimal::secs(self.run_timeout, 1)
+                    ),
+                ))
             }
         };
-        if status.success() {
-            return Ok(());
-        }
-        let stderr = reader.and_then(|r| r.join().ok()).unwrap_or_default();
+        let stderr = String::from_utf8_lossy(&stderr);
         let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         let tail = tail
             .get(tail.len().saturating_sub(2)..)
@@ -422,8 +388,6 @@ impl Sys for Real {
     }
 }
 
-/// Removes everything below `dir` that is on device `dev`, leaving mount points alone (as
-/// switch_root does). Errors are ignored: this only frees memory.
 /// "N bytes and M inodes free" when the file system holding `dir` has no room left.
 #[allow(clippy::unnecessary_cast)] // the field types are narrower on 32-bit targets
 fn upper_full(dir: &Path) -> Option<String> {
@@ -433,27 +397,6 @@ fn upper_full(dir: &Path) -> Option<String> {
     // A few blocks are what a file system keeps for itself; count those as full too.
     let full = (st.blocks_free() as u64) < 4 || (inodes > 0 && free_inodes == 0);
     full.then(|| format!("the upper has {free} bytes and {free_inodes} inodes free"))
-}
-
-fn remove_below(dir: &Path, dev: u64) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if meta.dev() != dev {
-            continue;
-        }
-        if meta.is_dir() {
-            remove_below(&path, dev);
-            let _ = std::fs::remove_dir(&path);
-        } else {
-            let _ = std::fs::remove_file(&path);
-        }
-    }
 }
 
 // ---- the kernel's own words for a failed mount ----
