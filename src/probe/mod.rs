@@ -442,8 +442,10 @@ pub fn find(w: &Wanted, src: &Sources, sys: &mut dyn Sys) -> Found {
         } else {
             Need::NONE
         });
-    // Before the first scan: a node made between a scan and the wait still ends the wait.
-    let devs = watch::DevWatch::new(&src.dev_dir, src.make_nodes);
+    // Made when the first look finds nothing (where everything is there at once, as after
+    // built-in or loaded drivers, it costs nothing), and followed by a look before the first
+    // wait: a node made between a look and the wait still ends the wait.
+    let mut devs: Option<watch::DevWatch> = None;
     let snapshot = |src: &Sources| snapshot_of(src, need);
     loop {
         snap = snapshot(src);
@@ -530,7 +532,12 @@ pub fn find(w: &Wanted, src: &Sources, sys: &mut dyn Sys) -> Found {
         if (rom_ok && (data_ok || siblings_complete)) || elapsed >= w.timeout {
             break;
         }
-        devs.wait(w.timeout.saturating_sub(elapsed));
+        match &devs {
+            Some(d) => {
+                d.wait(w.timeout.saturating_sub(elapsed));
+            }
+            None => devs = Some(watch::DevWatch::new(&src.dev_dir, src.make_nodes)),
+        }
     }
     let waited = start.elapsed().as_millis();
     let rom = match (&w.rom, &rom_hit) {
@@ -896,6 +903,32 @@ mod tests {
         std::fs::write(&disk, mbr).unwrap();
         assert_eq!(hit("PARTUUID=1234ABCD-02"), vda2);
         assert_eq!(hit("PARTUUID=1234abcd-01"), None);
+    }
+
+    #[test]
+    fn a_look_reads_only_what_the_selectors_need() {
+        let f = Fixture::new();
+        f.mtd(&[("rootfs", &squashfs(100, 4096))]);
+        f.part("vda2", "rootfs_data", &[0xff; 4096]);
+        let sel = |s: &str| Selector::parse(s).unwrap();
+        let mtd_only = snapshot_of(&f.src, Need::of(&sel("mtd:rootfs")));
+        assert_eq!(mtd_only.mtd.len(), 1);
+        assert!(mtd_only.blocks.is_empty());
+        let blocks_only = snapshot_of(&f.src, Need::of(&sel("partname:rootfs_data")));
+        assert!(blocks_only.mtd.is_empty());
+        assert_eq!(blocks_only.blocks.len(), 1);
+        // auto may find either; UBI attaches an MTD partition, so it reads /proc/mtd too.
+        assert_eq!(Need::of(&Selector::Auto), Need::ALL);
+        let ubi = Need::of(&sel("ubi:rootfs_data"));
+        assert!(ubi.mtd && ubi.ubi && !ubi.blocks);
+        assert_eq!(Need::of(&sel("/dev/vda2")).or(ubi), ubi);
+        // And find still finds both with the union.
+        let found = find(
+            &wanted(Some("mtd:rootfs"), Some("partname:rootfs_data"), 0),
+            &f.src,
+            &mut Recorder::new(),
+        );
+        assert!(found.rom.is_ok() && found.data.is_ok());
     }
 
     #[test]

@@ -32,8 +32,8 @@ pub struct DevWatch {
 }
 
 impl DevWatch {
-    /// Watches `dir` for names made in it. Set up before the first scan, so that a node made
-    /// between a scan and the wait is not missed. `poll_only` (no devtmpfs) or an inotify the
+    /// Watches `dir` for names made in it. A scan follows the set-up before the first wait, so
+    /// that a node made between a scan and the wait is not missed. `poll_only` (no devtmpfs) or an inotify the
     /// kernel refuses give a watch that sleeps.
     pub fn new(dir: &Path, poll_only: bool) -> DevWatch {
         if poll_only {
