@@ -133,7 +133,11 @@ impl Sys for Real {
         let freed = super::free::below(root)
             .map_err(|e| SysError::new(format!("free {}", root.display()), e))?;
         if freed.failed > 0 {
-            log::warn!("free {}: {} names not removed", root.display(), freed.failed);
+            log::warn!(
+                "free {}: {} names not removed",
+                root.display(),
+                freed.failed
+            );
         }
         Ok(())
     }
