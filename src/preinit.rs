@@ -198,7 +198,7 @@ pub fn run(opts: &Options, sys: &mut dyn Sys) -> i32 {
         // As the device will be named after the switch, where ovlctl reads it.
         clock.state.rom = Some(fit(&shown(&layout, &r.device)));
         // The identity the overlay is checked against; without it no overlay is called stale.
-        match crate::overlay::rom_identity(Path::new(&r.device)) {
+        match crate::overlay::rom_identity(&probe::raw_device(Path::new(&r.device))) {
             Ok(id) => {
                 clock.state.rom_id = Some(fit(&id));
                 rom_id = Some(id);
