@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Boots each emulated board several times with ovl and with the busybox-shell baseline (same
 kernel, same ROM, same flash or disk) and prints medians: kernel start -> preinit start,
-preinit start -> exec of init (with and without module loading), total to the shell, the
-ratio ovl/baseline, and the binary size per target. Figures only: nothing passes or fails.
+preinit start -> exec of init (with and without module loading), the end of module loading
+-> exec of init, total to the shell, the ratio ovl/baseline, and the binary size per target.
+Figures only: nothing passes or fails.
 
 With --against REV (bench/boards.sh builds REV's ovl as $CACHE/against/REV/BOARD.ovl), a
 third kind boots a copy of the board's initramfs with that binary as /init, and each row also
@@ -65,18 +66,22 @@ def boot(board, storage, initrd=None, line=None, append=None):
 
 
 def measure(text, baseline):
-    """Seconds: (kernel->preinit, preinit->exec, preinit->exec without modules, total to shell)."""
+    """Seconds: (kernel->preinit, preinit->exec, preinit->exec without modules, total to shell,
+    end of module loading -> exec). The baseline's module loading ends after its API mounts,
+    so its two "without" figures are one."""
     shell = float(re.search(r"shell ready ([0-9.]+)s", text).group(1))
     if baseline:
         m = re.search(r"baseline: start ([0-9.]+)s modules-done ([0-9.]+)s exec ([0-9.]+)s", text)
         t0, t1, t2 = (float(x) for x in m.groups())
-        return t0, t2 - t0, t2 - t1, shell
+        return t0, t2 - t0, t2 - t1, shell, t2 - t1
     line = next(l for l in text.splitlines() if l.lstrip().startswith('{"mode"'))
     st = json.loads(line[line.index("{"):])
     assert st["mode"] == "persistent", st
     steps = {s["step"]: s["us"] for s in st["steps"]}
     total = st["times"]["preinit_us"] / 1e6
-    return st["times"]["kernel_to_preinit_us"] / 1e6, total, total - steps.get("modules", 0) / 1e6, shell
+    without = total - steps.get("modules", 0) / 1e6
+    return (st["times"]["kernel_to_preinit_us"] / 1e6, total, without, shell,
+            without - steps.get("setup", 0) / 1e6)
 
 
 # The initramfs compressions by their magic bytes, and how to undo each (the names are
@@ -163,7 +168,7 @@ def run_board(board, n, against=None):
                     first[kind] = m
                 else:
                     later[kind].append(m)
-    return {kind: (first[kind], [statistics.median(x[i] for x in later[kind]) for i in range(4)],
+    return {kind: (first[kind], [statistics.median(x[i] for x in later[kind]) for i in range(5)],
                    init_size(initrd)) for kind, initrd in kinds}
 
 
@@ -257,10 +262,10 @@ def main():
     for board in a.boards:
         print(f"\n{board}: medians of {a.boots} boots after the first (TCG, 2 cores)", flush=True)
         r = run_board(board, a.boots, a.against)
-        cols = ["kernel->preinit", "preinit->exec", "  without modules", "total to shell"]
+        cols = ["kernel->preinit", "preinit->exec", "  without modules", "total to shell", "modules done->exec"]
         for kind, (first, _, _) in r.items():
             print(f"  {kind:9s} first boot: preinit->exec {ms(first[1]).strip()}, "
-                  f"without modules {ms(first[2]).strip()}")
+                  f"without modules {ms(first[2]).strip()}, modules done->exec {ms(first[4]).strip()}")
         ratios = [("ovl", "baseline")] + ([("ovl", a.against)] if a.against else [])
         for i, c in enumerate(cols):
             row = f"  {c:18s}" + "".join(f"  {k} {ms(v[1][i])}" for k, v in r.items())
