@@ -283,6 +283,16 @@ pub enum FsChoice {
 }
 
 impl FsChoice {
+    /// The word the board file and `ovl.fstype=` use for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            FsChoice::Auto => "auto",
+            FsChoice::Jffs2 => "jffs2",
+            FsChoice::Ext4 => "ext4",
+            FsChoice::Ubifs => "ubifs",
+        }
+    }
+
     pub fn parse(s: &str) -> Result<FsChoice, String> {
         match s {
             "auto" => Ok(FsChoice::Auto),

@@ -54,13 +54,9 @@ struct SummaryJson<'a> {
     notes: &'a [&'a str],
 }
 
-fn fs_name(f: FsChoice) -> &'static str {
-    match f {
-        FsChoice::Auto => "auto",
-        FsChoice::Jffs2 => "jffs2",
-        FsChoice::Ext4 => "ext4",
-        FsChoice::Ubifs => "ubifs",
-    }
+/// Selectors in the order preinit tries them, as the board file writes them.
+fn words(v: &[crate::config::Value<crate::board::Selector>]) -> Vec<String> {
+    v.iter().map(|v| v.value.to_string()).collect()
 }
 
 impl<'a> Summary<'a> {
@@ -71,19 +67,11 @@ impl<'a> Summary<'a> {
     }
 
     fn rom(&self) -> Vec<String> {
-        self.config
-            .rom
-            .iter()
-            .map(|v| v.value.to_string())
-            .collect()
+        words(&self.config.rom)
     }
 
     fn data(&self) -> Vec<String> {
-        self.config
-            .data
-            .iter()
-            .map(|v| v.value.to_string())
-            .collect()
+        words(&self.config.data)
     }
 
     fn format_words(&self) -> String {
@@ -161,7 +149,7 @@ impl<'a> Summary<'a> {
         line("data", &self.data().join(", else "), "");
         line(
             "fstype",
-            fs_name(c.fs.value),
+            c.fs.value.name(),
             match c.fs.value {
                 FsChoice::Auto => ": JFFS2 on MTD, UBIFS on a UBI volume, ext4 on a block device",
                 _ => "",
@@ -249,7 +237,7 @@ impl<'a> Summary<'a> {
             name: &self.board.name,
             rom: &rom,
             data: &data,
-            fstype: fs_name(c.fs.value),
+            fstype: c.fs.value.name(),
             format: FormatJson {
                 erased: c.format.erased,
                 zeroes: c.format.zeroes,

@@ -370,7 +370,7 @@ fn persistent_upper(input: &PlanInput, data: &DataFound) -> Result<Upper, String
         (_, DataKind::Ubi) => {
             return Err(format!(
                 "{dev} is a UBI volume: it takes ubifs, not {}",
-                fs_name(input.fs)
+                input.fs.name()
             ))
         }
         (FsChoice::Auto | FsChoice::Jffs2, DataKind::Mtd { .. }) => "jffs2",
@@ -452,15 +452,6 @@ fn persistent_upper(input: &PlanInput, data: &DataFound) -> Result<Upper, String
     steps.push(Step::Mkdir(o.join("upper")));
     steps.push(Step::Mkdir(o.join("work")));
     Ok((steps, action, fstype))
-}
-
-fn fs_name(f: FsChoice) -> &'static str {
-    match f {
-        FsChoice::Auto => "auto",
-        FsChoice::Jffs2 => "jffs2",
-        FsChoice::Ext4 => "ext4",
-        FsChoice::Ubifs => "ubifs",
-    }
 }
 
 fn is_blank(c: &Content) -> bool {
