@@ -253,50 +253,29 @@ pub fn wait_reading(
     let mut out: Vec<u8> = Vec::new();
     let mut open = true;
     let mut f = std::fs::File::from(pipe);
-    let mut chunk = [0u8; 4096];
     loop {
         if open {
-            let mut fds = [nix::poll::PollFd::new(
-                f.as_fd(),
-                nix::poll::PollFlags::POLLIN,
-            )];
-            match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(20u8)) {
-                Ok(n) if n > 0 => match f.read(&mut chunk) {
-                    Ok(0) => open = false,
-                    Ok(n) => {
-                        out.extend_from_slice(chunk.get(..n).unwrap_or_default());
-                        if out.len() > keep {
-                            out.drain(..out.len() - keep);
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(_) => open = false,
-                },
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(_) => open = false,
-            }
+            open =
+                read_some(&mut f, &mut out, keep, nix::poll::PollTimeout::from(20u8)) != Got::End;
         } else {
             std::thread::sleep(Duration::from_millis(20));
         }
-        // Reaped only once its output is read to the end: a program that exits is done
-        // when its last words are in.
-        if !open {
-            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-                Ok(ws) => {
-                    if let Some(s) = status_of(ws) {
-                        return Ok((Waited::Done(s), out));
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(ws) => {
+                if let Some(s) = status_of(ws) {
+                    // Exited, maybe with something it started (a daemon) still holding the
+                    // pipe open: take what is already written and go.
+                    if open {
+                        while read_some(&mut f, &mut out, keep, nix::poll::PollTimeout::ZERO)
+                            == Got::Data
+                        {}
                     }
+                    return Ok((Waited::Done(s), out));
                 }
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(e.into()),
             }
-        } else if let Ok(ws) = waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-            // Exited, with something (a daemon it started) maybe holding the pipe open:
-            // take what is already written and go.
-            if let Some(s) = status_of(ws) {
-                drain(&mut f, &mut out, keep);
-                return Ok((Waited::Done(s), out));
-            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) if !open => return Err(e.into()),
+            Err(_) => {}
         }
         if Instant::now() >= deadline {
             let _ = kill(pid, Signal::SIGKILL);
@@ -306,26 +285,45 @@ pub fn wait_reading(
     }
 }
 
-/// Reads what the pipe holds now, without waiting for more.
-fn drain(f: &mut std::fs::File, out: &mut Vec<u8>, keep: usize) {
-    let mut chunk = [0u8; 4096];
-    loop {
-        let mut fds = [nix::poll::PollFd::new(
-            f.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO) {
-            Ok(n) if n > 0 => match f.read(&mut chunk) {
-                Ok(n) if n > 0 => {
+#[derive(PartialEq, Eq)]
+enum Got {
+    /// Bytes were read.
+    Data,
+    /// Nothing within the timeout (or interrupted).
+    Nothing,
+    /// End of file, or the pipe failed.
+    End,
+}
+
+/// One poll of the pipe and at most one read, keeping the last `keep` bytes in `out`.
+fn read_some(
+    f: &mut std::fs::File,
+    out: &mut Vec<u8>,
+    keep: usize,
+    timeout: nix::poll::PollTimeout,
+) -> Got {
+    let mut fds = [nix::poll::PollFd::new(
+        f.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    match nix::poll::poll(&mut fds, timeout) {
+        Ok(n) if n > 0 => {
+            let mut chunk = [0u8; 4096];
+            match f.read(&mut chunk) {
+                Ok(0) => Got::End,
+                Ok(n) => {
                     out.extend_from_slice(chunk.get(..n).unwrap_or_default());
                     if out.len() > keep {
                         out.drain(..out.len() - keep);
                     }
+                    Got::Data
                 }
-                _ => return,
-            },
-            _ => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Got::Nothing,
+                Err(_) => Got::End,
+            }
         }
+        Ok(_) | Err(nix::errno::Errno::EINTR) => Got::Nothing,
+        Err(_) => Got::End,
     }
 }
 
