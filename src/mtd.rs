@@ -450,12 +450,19 @@ fn can_obsolete(info: &MtdInfoUser) -> bool {
 /// Resets a JFFS2 partition (or one with a reset marker) so that nothing old is mounted
 /// again, without waiting for a full erase where the flash allows (see the module notes).
 /// `mark` writes ovl's reset mark first; preinit passes false, since it acts on a mark.
-/// `full` erases every block now, wherever the flash could do without.
-pub fn reset(dev: &Path, mark: bool, full: bool) -> Result<EraseReport, (String, Errno)> {
+/// `full` erases every block now, wherever the flash could do without. `started` runs once
+/// the reset is committed (the mark on the flash): from then on a cut is finished by preinit.
+pub fn reset(
+    dev: &Path,
+    mark: bool,
+    full: bool,
+    started: &mut dyn FnMut(),
+) -> Result<EraseReport, (String, Errno)> {
     let mut d = open(dev)?;
     if mark {
         write_reset_mark(&d.file)?;
     }
+    started();
     if can_obsolete(&d.info) && !full {
         obsolete_blocks(&mut d)
     } else {

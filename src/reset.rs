@@ -301,10 +301,15 @@ pub fn run(o: &Opts) -> Result<()> {
     match &partition {
         Partition::EraseMtd { char_dev, content } => {
             let t = Instant::now();
-            println!("erasing {}", char_dev.display());
-            // The mark goes first unless one is there: from then on a cut is finished by preinit.
-            let r = crate::mtd::reset(char_dev, *content == Content::Jffs2, o.full_erase)
-                .map_err(|(w, e)| anyhow!("reset {}: {w}: {}", char_dev.display(), e.desc()))?;
+            // The mark goes first unless one is there; "erasing" is said once it is on the
+            // flash, when a cut from then on is finished by preinit.
+            let r = crate::mtd::reset(
+                char_dev,
+                *content == Content::Jffs2,
+                o.full_erase,
+                &mut || println!("erasing {}", char_dev.display()),
+            )
+            .map_err(|(w, e)| anyhow!("reset {}: {w}: {}", char_dev.display(), e.desc()))?;
             println!(
                 "{} in {} s",
                 r.summary(&char_dev.display().to_string()),

@@ -217,7 +217,7 @@ impl Sys for Real {
     }
 
     fn mtd_erase(&mut self, dev: &Path) -> SysResult<EraseReport> {
-        crate::mtd::reset(dev, false, false)
+        crate::mtd::reset(dev, false, false, &mut || {})
             .map_err(|(what, e)| SysError::new(format!("erase {}: {what}", dev.display()), e))
     }
 
