@@ -46,7 +46,7 @@ for line in sys.stdin:
     if kind.lower() not in "tw":
         continue
     bare = re.sub(r"^(<|_<)+", "", name)
-    # The first path names the crate: `<u128 as core::fmt::Display>::fmt` is core's.
+    # The first path names the crate: `<u128 as core::fmt::Display>::fmt` belongs to core.
     m = re.search(r"([A-Za-z_][A-Za-z0-9_]*)::", bare)
     crates[m.group(1) if m else "(no crate: musl libc, outlined code)"] += size
     funcs.append((size, name))

@@ -194,7 +194,7 @@ pub fn write_to<W: Write>(
     rom: &str,
 ) -> Result<(usize, u64)> {
     let gz =
-        flate2::write::GzEncoder::new(Counting { inner: w, n: 0 }, flate2::Compression::default());
+        crate::gzip::Encoder::new(Counting { inner: w, n: 0 }).context("write the gzip header")?;
     let mut tar = tar::Builder::new(gz);
     let mut manifest = format!(
         "{MANIFEST_HEAD}\nboard {}\nrom {}\n# type size crc32 path\n",
@@ -243,7 +243,7 @@ pub fn write_to<W: Write>(
             h.set_size(m.len());
             let mut crc = Crc {
                 inner: f.take(m.len()),
-                h: crc32fast::Hasher::new(),
+                h: crate::crc32::Hasher::new(),
                 n: 0,
             };
             tar.append_data(&mut h, rel, &mut crc)
@@ -280,7 +280,7 @@ pub fn write_to<W: Write>(
 /// Reads through, hashing.
 struct Crc<R> {
     inner: R,
-    h: crc32fast::Hasher,
+    h: crate::crc32::Hasher,
     n: u64,
 }
 

@@ -62,7 +62,11 @@ impl Target {
                 let mut n: u64 = 0;
                 // SAFETY: BLKGETSIZE64 writes one u64.
                 unsafe { blk_get_size64(f.as_raw_fd(), &mut n) }.map_err(|e| {
-                    anyhow::anyhow!("BLKGETSIZE64 on {}: {}", p.display(), e.desc())
+                    anyhow::anyhow!(
+                        "BLKGETSIZE64 on {}: {}",
+                        p.display(),
+                        crate::sys::errno_text(e)
+                    )
                 })?;
                 Ok(n)
             }
@@ -100,7 +104,11 @@ fn block_write_verify(p: &Path, data: &[u8], progress: &mut dyn FnMut(u64, u64))
     if !is_file {
         // SAFETY: BLKFLSBUF takes no argument.
         if let Err(e) = unsafe { blk_flush_buf(f.as_raw_fd()) } {
-            log::warn!("BLKFLSBUF on {}: {}", p.display(), e.desc());
+            log::warn!(
+                "BLKFLSBUF on {}: {}",
+                p.display(),
+                crate::sys::errno_text(e)
+            );
         }
     }
     let _ = nix::fcntl::posix_fadvise(

@@ -121,13 +121,13 @@ pub fn build(rom: &[u8], boards: &[String], version: &str, compat: (u32, u32)) -
         version: version.to_string(),
         compat,
         size: out.len() as u64,
-        crc32: crc32fast::hash(&out),
+        crc32: crate::crc32::hash(&out),
     };
     let text = meta.encode();
     out.extend_from_slice(text.as_bytes());
     out.extend_from_slice(FOOTER_MAGIC);
     out.extend_from_slice(&u32::try_from(text.len())?.to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(text.as_bytes()).to_le_bytes());
+    out.extend_from_slice(&crate::crc32::hash(text.as_bytes()).to_le_bytes());
     Ok(out)
 }
 
@@ -175,7 +175,7 @@ pub fn parse(bytes: Vec<u8>) -> Result<Image> {
         .checked_sub(len)
         .context("the trailer's length runs past the start of the image")?;
     let text = bytes.get(text_at..n - FOOTER_LEN).unwrap_or_default();
-    if crc32fast::hash(text) != crc {
+    if crate::crc32::hash(text) != crc {
         bail!("the metadata's CRC32 does not match: a damaged image");
     }
     let text = std::str::from_utf8(text).context("the metadata is not UTF-8")?;
@@ -187,7 +187,7 @@ pub fn parse(bytes: Vec<u8>) -> Result<Image> {
         );
     }
     let img = Image { meta, bytes };
-    let got = crc32fast::hash(img.payload());
+    let got = crate::crc32::hash(img.payload());
     if got != img.meta.crc32 {
         bail!(
             "the payload's CRC32 is {got:08x}, the metadata says {:08x}: a damaged image \

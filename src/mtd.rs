@@ -125,7 +125,7 @@ pub fn erase_blocks(b: &mut dyn Blocks) -> Result<EraseReport, (String, Errno)> 
                 continue;
             }
             Ok(false) => {}
-            Err((what, e)) => log::warn!("{what}: {}; erasing it", e.desc()),
+            Err((what, e)) => log::warn!("{what}: {}; erasing it", crate::sys::errno_text(e)),
         }
         b.erase(i)?;
         r.erased += 1;
@@ -375,8 +375,9 @@ pub struct Writer {
 
 impl Writer {
     pub fn open(path: &Path) -> anyhow::Result<Writer> {
-        let dev = open(path)
-            .map_err(|(what, e)| anyhow::anyhow!("{}: {what}: {}", path.display(), e.desc()))?;
+        let dev = open(path).map_err(|(what, e)| {
+            anyhow::anyhow!("{}: {what}: {}", path.display(), crate::sys::errno_text(e))
+        })?;
         Ok(Writer {
             dev,
             path: path.to_path_buf(),
@@ -384,7 +385,11 @@ impl Writer {
     }
 
     fn err(&self, (what, e): (String, Errno)) -> anyhow::Error {
-        anyhow::anyhow!("{}: {what}: {}", self.path.display(), e.desc())
+        anyhow::anyhow!(
+            "{}: {what}: {}",
+            self.path.display(),
+            crate::sys::errno_text(e)
+        )
     }
 
     pub fn good_bytes(&mut self) -> anyhow::Result<u64> {

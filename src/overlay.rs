@@ -184,7 +184,7 @@ fn identity_with(
         .and_then(|b| <[u8; 8]>::try_from(b).ok())
         .map(u64::from_le_bytes)
         .unwrap_or(0);
-    let mut h = crc32fast::Hasher::new();
+    let mut h = crate::crc32::Hasher::new();
     h.update(&sb);
     let head = SPAN.min(used);
     let tail_at = used.saturating_sub(SPAN).max(head);
@@ -242,7 +242,7 @@ fn errno(what: &Path) -> impl Fn(nix::errno::Errno) -> io::Error + '_ {
     move |e| {
         io::Error::new(
             io::Error::from_raw_os_error(e as i32).kind(),
-            format!("{}: {}", what.display(), e.desc()),
+            format!("{}: {}", what.display(), crate::sys::errno_text(e)),
         )
     }
 }

@@ -309,7 +309,13 @@ pub fn run(o: &Opts) -> Result<()> {
                 o.full_erase,
                 &mut || println!("erasing {}", char_dev.display()),
             )
-            .map_err(|(w, e)| anyhow!("reset {}: {w}: {}", char_dev.display(), e.desc()))?;
+            .map_err(|(w, e)| {
+                anyhow!(
+                    "reset {}: {w}: {}",
+                    char_dev.display(),
+                    crate::sys::errno_text(e)
+                )
+            })?;
             println!(
                 "{} in {} s",
                 r.summary(&char_dev.display().to_string()),
@@ -321,8 +327,13 @@ pub fn run(o: &Opts) -> Result<()> {
             println!("marked {}: the next boot formats it", dev.display());
         }
         Partition::TruncateUbi { dev } => {
-            crate::ubi::update(dev, &[], &mut |_, _| {})
-                .map_err(|e| anyhow!("empty {}: UBI_IOCVOLUP: {}", dev.display(), e.desc()))?;
+            crate::ubi::update(dev, &[], &mut |_, _| {}).map_err(|e| {
+                anyhow!(
+                    "empty {}: UBI_IOCVOLUP: {}",
+                    dev.display(),
+                    crate::sys::errno_text(e)
+                )
+            })?;
             println!(
                 "emptied the UBI volume {} in {} s: the next boot formats it as UBIFS",
                 dev.display(),
@@ -340,7 +351,7 @@ pub fn run(o: &Opts) -> Result<()> {
         println!("rebooting");
         std::thread::sleep(std::time::Duration::from_secs(1));
         nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT)
-            .map_err(|e| anyhow!("reboot: {}", e.desc()))?;
+            .map_err(|e| anyhow!("reboot: {}", crate::sys::errno_text(e)))?;
     }
     Ok(())
 }

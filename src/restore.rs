@@ -31,7 +31,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, BufRead, Read, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -171,6 +171,18 @@ impl<R: Read> Read for CountIn<R> {
     }
 }
 
+/// The inflater takes its input through here: what it consumes is counted.
+impl<R: BufRead> BufRead for CountIn<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.n.set(self.n.get() + n as u64);
+        self.inner.consume(n);
+    }
+}
+
 /// Counts expanded bytes out and stops a bomb.
 struct Bounded<R> {
     inner: R,
@@ -199,17 +211,18 @@ impl<R: Read> Read for Bounded<R> {
 }
 
 type Tar =
-    tar::Archive<Bounded<flate2::read::GzDecoder<CountIn<io::BufReader<io::Take<std::fs::File>>>>>>;
+    tar::Archive<Bounded<crate::gzip::Decoder<CountIn<io::BufReader<io::Take<std::fs::File>>>>>>;
 
 fn tar_of(src: &Source) -> Result<Tar> {
     let mut f = src.file.try_clone().context("reopen the archive")?;
     f.seek(io::SeekFrom::Start(src.base))
         .context("rewind the archive")?;
     let compressed = Rc::new(Cell::new(0));
-    let gz = flate2::read::GzDecoder::new(CountIn {
+    let gz = crate::gzip::Decoder::new(CountIn {
         inner: io::BufReader::new(f.take(src.len)),
         n: compressed.clone(),
-    });
+    })
+    .map_err(bad_archive)?;
     Ok(tar::Archive::new(Bounded {
         inner: gz,
         compressed,
@@ -372,7 +385,7 @@ fn read_members(f: &Source) -> Result<Read1> {
                         MAX_MEMBER >> 20
                     )));
                 }
-                let mut h = crc32fast::Hasher::new();
+                let mut h = crate::crc32::Hasher::new();
                 let mut buf = [0u8; 16384];
                 let mut n = 0u64;
                 loop {
@@ -796,7 +809,7 @@ fn stage(root: &Path, f: &Source, members: &[Member], fates: &[Fate]) -> Result<
                         .open(&at),
                     || format!("create {}", at.display()),
                 )?;
-                let mut h = crc32fast::Hasher::new();
+                let mut h = crate::crc32::Hasher::new();
                 let mut buf = [0u8; 16384];
                 let mut got = 0u64;
                 loop {
@@ -885,7 +898,13 @@ fn set_mtime(at: &Path, mtime: u64) -> Result<()> {
         &t,
         nix::sys::stat::UtimensatFlags::NoFollowSymlink,
     )
-    .map_err(|e| anyhow!("set the mtime of {}: {}", at.display(), e.desc()))
+    .map_err(|e| {
+        anyhow!(
+            "set the mtime of {}: {}",
+            at.display(),
+            crate::sys::errno_text(e)
+        )
+    })
 }
 
 fn make_plan(root: &Path, members: &[Member], fates: &[Fate]) -> Vec<Op> {
@@ -1016,7 +1035,8 @@ fn sync_fs(root: &Path) -> Result<()> {
     let f = io_ctx(std::fs::File::open(root), || {
         format!("open {}", root.display())
     })?;
-    nix::unistd::syncfs(&f).map_err(|e| anyhow!("sync {}: {}", root.display(), e.desc()))
+    nix::unistd::syncfs(&f)
+        .map_err(|e| anyhow!("sync {}: {}", root.display(), crate::sys::errno_text(e)))
 }
 
 /// Finishes or rolls back a restore that was cut off: Some(true) finished, Some(false) rolled

@@ -80,7 +80,7 @@ fn header(lebs: u32, len: u64, crc: u32, start: u32) -> [u8; HEADER_LEN] {
         }
         at += part.len();
     }
-    let hcrc = crc32fast::hash(h.get(..28).unwrap_or_default());
+    let hcrc = crate::crc32::hash(h.get(..28).unwrap_or_default());
     if let Some(dst) = h.get_mut(28..32) {
         dst.copy_from_slice(&hcrc.to_le_bytes());
     }
@@ -97,7 +97,7 @@ fn parse_header(h: &[u8]) -> Option<(u32, u64, u32, u32)> {
     if h.get(..8) != Some(MAGIC.as_slice()) {
         return None;
     }
-    if crc32fast::hash(h.get(..28)?) != word(28)? {
+    if crate::crc32::hash(h.get(..28)?) != word(28)? {
         return None;
     }
     let len = h
@@ -125,8 +125,12 @@ fn write_lebs(
     let leb = usize::try_from(g.leb).context("LEB size")?;
     for (i, chunk) in data.chunks(leb).enumerate() {
         let lnum = first + u32::try_from(i).context("LEB number")?;
-        crate::ubi::leb_change(f, lnum, chunk)
-            .map_err(|e| anyhow::anyhow!("{what}: UBI_IOCEBCH of LEB {lnum}: {}", e.desc()))?;
+        crate::ubi::leb_change(f, lnum, chunk).map_err(|e| {
+            anyhow::anyhow!(
+                "{what}: UBI_IOCEBCH of LEB {lnum}: {}",
+                crate::sys::errno_text(e)
+            )
+        })?;
         done += chunk.len() as u64;
         progress(done, data.len() as u64);
     }
@@ -149,8 +153,12 @@ fn direct_write_lebs(
     let mut done = 0u64;
     for (i, chunk) in data.chunks(leb).enumerate() {
         let lnum = first + u32::try_from(i).context("LEB number")?;
-        crate::ubi::leb_unmap(f, lnum)
-            .map_err(|e| anyhow::anyhow!("{what}: UBI_IOCEBUNMAP of LEB {lnum}: {}", e.desc()))?;
+        crate::ubi::leb_unmap(f, lnum).map_err(|e| {
+            anyhow::anyhow!(
+                "{what}: UBI_IOCEBUNMAP of LEB {lnum}: {}",
+                crate::sys::errno_text(e)
+            )
+        })?;
         let mut buf = chunk.to_vec();
         buf.resize(chunk.len().div_ceil(min_io.max(1)) * min_io.max(1), 0xff);
         f.write_all_at(&buf, u64::from(lnum) * g.leb)
@@ -183,16 +191,20 @@ pub fn stage(
         );
     };
     let f = crate::ubi::open_volume(vol_dev)
-        .map_err(|e| anyhow::anyhow!("open {name}: {}", e.desc()))?;
-    crate::ubi::direct_writes(&f)
-        .map_err(|e| anyhow::anyhow!("{name}: UBI_IOCSETVOLPROP (direct writes): {}", e.desc()))?;
+        .map_err(|e| anyhow::anyhow!("open {name}: {}", crate::sys::errno_text(e)))?;
+    crate::ubi::direct_writes(&f).map_err(|e| {
+        anyhow::anyhow!(
+            "{name}: UBI_IOCSETVOLPROP (direct writes): {}",
+            crate::sys::errno_text(e)
+        )
+    })?;
     direct_write_lebs(&f, g, start, image, min_io, &name, progress)?;
     let back =
         read_lebs(&f, g, start, image.len() as u64).with_context(|| format!("read back {name}"))?;
     if back != image {
         bail!("{name}: the staged copy reads back different from what was written");
     }
-    let crc = crc32fast::hash(image);
+    let crc = crate::crc32::hash(image);
     let h = header(
         g.lebs_for(image.len() as u64),
         image.len() as u64,
@@ -207,8 +219,12 @@ pub fn stage(
 /// Zeroes the header by an atomic LEB change (an unmap could bring the old header back after
 /// an unclean shutdown; it would only copy the same ROM again, but zeroes say it plainly).
 fn retire(f: &mut std::fs::File, g: Geometry, name: &str) -> Result<()> {
-    crate::ubi::leb_change(f, g.lebs - 1, &[0u8; HEADER_LEN])
-        .map_err(|e| anyhow::anyhow!("{name}: retire the stage header: {}", e.desc()))
+    crate::ubi::leb_change(f, g.lebs - 1, &[0u8; HEADER_LEN]).map_err(|e| {
+        anyhow::anyhow!(
+            "{name}: retire the stage header: {}",
+            crate::sys::errno_text(e)
+        )
+    })
 }
 
 /// preinit, before the ROM volume is opened: finishes a staged ROM (see the module notes).
@@ -237,8 +253,8 @@ pub fn finish(vol_dev: &Path, g: Geometry) -> Result<Option<String>> {
     };
     drop(f);
     let mut f = crate::ubi::open_volume(vol_dev)
-        .map_err(|e| anyhow::anyhow!("open {name}: {}", e.desc()))?;
-    if !fits || crc32fast::hash(&staged) != crc {
+        .map_err(|e| anyhow::anyhow!("open {name}: {}", crate::sys::errno_text(e)))?;
+    if !fits || crate::crc32::hash(&staged) != crc {
         // Not a copy this code wrote whole: retire the header, keep the running ROM.
         retire(&mut f, g, &name)?;
         return Ok(Some(format!(

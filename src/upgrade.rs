@@ -61,7 +61,7 @@ pub fn header(archive: Option<&[u8]>, target: Option<&str>) -> Result<[u8; HEADE
         bail!("ROM identity `{t}` does not fit the container header");
     }
     let (flags, crc, len) = match archive {
-        Some(a) => (FLAG_ARCHIVE, crc32fast::hash(a), a.len() as u64),
+        Some(a) => (FLAG_ARCHIVE, crate::crc32::hash(a), a.len() as u64),
         None => (0, 0, 0),
     };
     let mut put = |at: usize, b: &[u8]| {
@@ -74,7 +74,7 @@ pub fn header(archive: Option<&[u8]>, target: Option<&str>) -> Result<[u8; HEADE
     put(12, &crc.to_le_bytes());
     put(16, &len.to_le_bytes());
     put(24, t.as_bytes());
-    let hcrc = crc32fast::hash(h.get(..60).unwrap_or_default());
+    let hcrc = crate::crc32::hash(h.get(..60).unwrap_or_default());
     if let Some(dst) = h.get_mut(60..64) {
         dst.copy_from_slice(&hcrc.to_le_bytes());
     }
@@ -100,7 +100,7 @@ pub fn check_container(path: &Path) -> Result<Kept, String> {
     if h.get(..8) != Some(MAGIC.as_slice()) {
         return Err("no OVLKEEP1 magic: not a keep container".into());
     }
-    if crc32fast::hash(h.get(..60).unwrap_or_default()) != u32_at(&h, 60) {
+    if crate::crc32::hash(h.get(..60).unwrap_or_default()) != u32_at(&h, 60) {
         return Err("the header's CRC32 does not match (a torn or damaged write)".into());
     }
     let flags = u32_at(&h, 8);
@@ -136,7 +136,7 @@ pub fn check_container(path: &Path) -> Result<Kept, String> {
     let mut buf = vec![0u8; usize::try_from(len).map_err(|e| e.to_string())?];
     f.read_exact_at(&mut buf, HEADER_LEN as u64)
         .map_err(|e| format!("read {}: {e}", path.display()))?;
-    if crc32fast::hash(&buf) != crc {
+    if crate::crc32::hash(&buf) != crc {
         return Err(
             "the archive's CRC32 does not match the header (a torn or damaged write)".into(),
         );
@@ -610,7 +610,7 @@ pub fn run(o: &Opts) -> Result<()> {
     if let Err(e) = nix::sys::mman::mlockall(
         nix::sys::mman::MlockAllFlags::MCL_CURRENT | nix::sys::mman::MlockAllFlags::MCL_FUTURE,
     ) {
-        log::warn!("mlockall: {}", e.desc());
+        log::warn!("mlockall: {}", crate::sys::errno_text(e));
     }
     let t = std::time::Instant::now();
     writer.write(img.payload(), &mut crate::flash::progress())?;
@@ -635,7 +635,7 @@ pub fn run(o: &Opts) -> Result<()> {
     }
     println!("rebooting");
     nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT)
-        .map_err(|e| anyhow::anyhow!("reboot: {}", e.desc()))?;
+        .map_err(|e| anyhow::anyhow!("reboot: {}", crate::sys::errno_text(e)))?;
     Ok(())
 }
 

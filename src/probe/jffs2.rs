@@ -35,7 +35,7 @@ pub const MAX_FOREIGN: u32 = 2;
 /// `crc32(0, buf, len)` as the kernel computes it for JFFS2: no inversion before or after.
 /// crc32fast inverts on entry and exit, so it is seeded with !0 and its result inverted.
 pub fn kernel_crc32(buf: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new_with_initial(!0);
+    let mut h = crate::crc32::Hasher::new_with_initial(!0);
     h.update(buf);
     !h.finalize()
 }

@@ -83,7 +83,7 @@ pub fn gpt_entries_at(header: &[u8], sector: u64) -> Result<(u64, u64), String> 
     let mut copy = header.get(..hsize).ok_or("GPT header cut short")?.to_vec();
     let want = u32_at(&copy, 16).ok_or("GPT header cut short")?;
     copy.get_mut(16..20).ok_or("GPT header cut short")?.fill(0);
-    if crc32fast::hash(&copy) != want {
+    if crate::crc32::hash(&copy) != want {
         return Err("GPT header CRC is wrong".into());
     }
     let lba = u64_at(header, 72).ok_or("GPT header cut short")?;
@@ -110,7 +110,7 @@ pub fn parse_gpt(header: &[u8], entries: &[u8]) -> Result<Vec<(u32, String)>, St
     if esize < 128 {
         return Err(format!("GPT entry size {esize} is not valid"));
     }
-    if crc32fast::hash(entries) != want {
+    if crate::crc32::hash(entries) != want {
         return Err("GPT partition entries CRC is wrong".into());
     }
     let mut out = Vec::new();
@@ -256,12 +256,12 @@ mod tests {
         h[72..80].copy_from_slice(&u64::MAX.to_le_bytes());
         h[80..84].copy_from_slice(&u32::MAX.to_le_bytes());
         h[84..88].copy_from_slice(&128u32.to_le_bytes());
-        let crc = crc32fast::hash(&h[..92]);
+        let crc = crate::crc32::hash(&h[..92]);
         h[16..20].copy_from_slice(&crc.to_le_bytes());
         assert!(gpt_entries_at(&h, 512).unwrap_err().contains("too many"));
         h[80..84].copy_from_slice(&4u32.to_le_bytes());
         h[16..20].fill(0);
-        let crc = crc32fast::hash(&h[..92]);
+        let crc = crate::crc32::hash(&h[..92]);
         h[16..20].copy_from_slice(&crc.to_le_bytes());
         assert!(gpt_entries_at(&h, 512).unwrap_err().contains("LBA"));
         h[12..16].copy_from_slice(&9999u32.to_le_bytes());

@@ -48,7 +48,7 @@ impl fmt::Display for SysError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.what)?;
         if let Some(e) = self.errno {
-            write!(f, ": {} ({:?}", e.desc(), e)?;
+            write!(f, ": {} ({}", errno_text(e), errno_name(e))?;
             // File systems reuse these two errnos with their own meaning; say it plainly.
             match e {
                 Errno::EBADMSG => write!(f, ": a metadata checksum is wrong")?,
@@ -67,6 +67,71 @@ impl fmt::Display for SysError {
 impl std::error::Error for SysError {}
 
 pub type SysResult<T> = Result<T, SysError>;
+
+/// The C library's text for an errno ("No space left on device"), through std, which carries
+/// it anyway: nix's own tables of every errno's text and name are 12 KiB of the device binary.
+pub fn errno_text(e: Errno) -> String {
+    let s = std::io::Error::from_raw_os_error(e as i32).to_string();
+    // std says "TEXT (os error N)"; the name that follows in SysError says more than N.
+    match s.rsplit_once(" (os error ") {
+        Some((text, _)) => text.to_string(),
+        None => s,
+    }
+}
+
+/// The symbol of the errnos that mounts, flash and files meet; others by number.
+pub fn errno_name(e: Errno) -> std::borrow::Cow<'static, str> {
+    use Errno::*;
+    let name = match e {
+        EPERM => "EPERM",
+        ENOENT => "ENOENT",
+        EINTR => "EINTR",
+        EIO => "EIO",
+        ENXIO => "ENXIO",
+        E2BIG => "E2BIG",
+        ENOEXEC => "ENOEXEC",
+        EBADF => "EBADF",
+        ECHILD => "ECHILD",
+        EAGAIN => "EAGAIN",
+        ENOMEM => "ENOMEM",
+        EACCES => "EACCES",
+        EFAULT => "EFAULT",
+        ENOTBLK => "ENOTBLK",
+        EBUSY => "EBUSY",
+        EEXIST => "EEXIST",
+        EXDEV => "EXDEV",
+        ENODEV => "ENODEV",
+        ENOTDIR => "ENOTDIR",
+        EISDIR => "EISDIR",
+        EINVAL => "EINVAL",
+        ENFILE => "ENFILE",
+        EMFILE => "EMFILE",
+        ENOTTY => "ENOTTY",
+        ETXTBSY => "ETXTBSY",
+        EFBIG => "EFBIG",
+        ENOSPC => "ENOSPC",
+        ESPIPE => "ESPIPE",
+        EROFS => "EROFS",
+        EMLINK => "EMLINK",
+        EPIPE => "EPIPE",
+        ERANGE => "ERANGE",
+        ENAMETOOLONG => "ENAMETOOLONG",
+        ENOSYS => "ENOSYS",
+        ENOTEMPTY => "ENOTEMPTY",
+        ELOOP => "ELOOP",
+        ENODATA => "ENODATA",
+        ETIMEDOUT => "ETIMEDOUT",
+        EOVERFLOW => "EOVERFLOW",
+        EBADMSG => "EBADMSG",
+        EOPNOTSUPP => "EOPNOTSUPP",
+        EUCLEAN => "EUCLEAN",
+        ENOMEDIUM => "ENOMEDIUM",
+        EMEDIUMTYPE => "EMEDIUMTYPE",
+        EDQUOT => "EDQUOT",
+        _ => return format!("errno {}", e as i32).into(),
+    };
+    name.into()
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountSpec {
@@ -116,7 +181,7 @@ mod tests {
         let e = SysError::new("mount /dev/vda2 on /overlay (ext4)", Errno::EBADMSG);
         assert_eq!(
             e.to_string(),
-            "mount /dev/vda2 on /overlay (ext4): Not a data message (EBADMSG: a metadata checksum is wrong)"
+            "mount /dev/vda2 on /overlay (ext4): Bad message (EBADMSG: a metadata checksum is wrong)"
         );
         let e = SysError::new("mount x", Errno::EINVAL)
             .with_detail(Some("overlayfs: bad upper".into()));
