@@ -241,11 +241,7 @@ pub fn write_to<W: Write>(
                 std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
             h.set_entry_type(tar::EntryType::Regular);
             h.set_size(m.len());
-            let mut crc = Crc {
-                inner: f.take(m.len()),
-                h: crate::crc32::Hasher::new(),
-                n: 0,
-            };
+            let mut crc = crate::crc32::Reader::new(f.take(m.len()));
             tar.append_data(&mut h, rel, &mut crc)
                 .with_context(|| format!("add {}", rel.display()))?;
             if crc.n != m.len() {
@@ -275,23 +271,6 @@ pub fn write_to<W: Write>(
     let mut counting = gz.finish().context("finish the gzip stream")?;
     counting.flush().context("flush")?;
     Ok((paths.len() + 1, counting.n))
-}
-
-/// Reads through, hashing.
-struct Crc<R> {
-    inner: R,
-    h: crate::crc32::Hasher,
-    n: u64,
-}
-
-impl<R: Read> Read for Crc<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        let got = buf.get(..n).unwrap_or_default();
-        self.h.update(got);
-        self.n += n as u64;
-        Ok(n)
-    }
 }
 
 /// A path or word for one manifest field: printable ASCII but `\` as is, the rest `\xHH`.

@@ -32,7 +32,7 @@ const fn table() -> [u32; 256] {
 
 /// A running CRC-32: `new_with_initial(crc)` continues from a finished value, as crc32fast's
 /// does, so `!kernel` seeds give the kernel's uninverted `crc32(0, ...)`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Hasher {
     crc: u32,
 }
@@ -58,6 +58,32 @@ impl Hasher {
 
     pub fn finalize(self) -> u32 {
         self.crc
+    }
+}
+
+/// Reads through `inner`, hashing and counting what passes.
+pub struct Reader<R> {
+    pub inner: R,
+    pub h: Hasher,
+    pub n: u64,
+}
+
+impl<R> Reader<R> {
+    pub fn new(inner: R) -> Self {
+        Self {
+            inner,
+            h: Hasher::new(),
+            n: 0,
+        }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Reader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.h.update(buf.get(..n).unwrap_or_default());
+        self.n += n as u64;
+        Ok(n)
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::io::{self, BufRead, Read, Write};
 
-use crate::crc32::Hasher;
+use crate::crc32::{Hasher, Reader};
 
 const ID: [u8; 2] = [0x1f, 0x8b];
 const DEFLATE: u8 = 8;
@@ -73,10 +73,8 @@ pub struct Decoder<R: BufRead> {
 impl<R: BufRead> Decoder<R> {
     /// Reads and checks the header.
     pub fn new(mut r: R) -> io::Result<Self> {
-        let mut head = Hashed {
-            r: &mut r,
-            h: Hasher::new(),
-        };
+        // Hashed as it is read, for FHCRC.
+        let mut head = Reader::new(&mut r);
         let mut fixed = [0u8; 10];
         head.read_exact(&mut fixed)
             .map_err(|_| bad("too short for a header"))?;
@@ -115,9 +113,9 @@ impl<R: BufRead> Decoder<R> {
             }
         }
         if flags & FHCRC != 0 {
-            let want = head.h.clone().finalize() as u16;
+            let want = head.h.finalize() as u16;
             let mut crc = [0u8; 2];
-            head.r
+            head.inner
                 .read_exact(&mut crc)
                 .map_err(|_| bad("cut in the header CRC"))?;
             if u16::from_le_bytes(crc) != want {
@@ -151,7 +149,7 @@ impl<R: BufRead> Read for Decoder<R> {
             .read_exact(&mut t)
             .map_err(|_| bad("cut before the end of its trailer"))?;
         let (crc, len) = t.split_at(4);
-        if crc != self.h.clone().finalize().to_le_bytes() {
+        if crc != self.h.finalize().to_le_bytes() {
             return Err(bad("the data's CRC does not match (damaged)"));
         }
         if len != self.n.to_le_bytes() {
@@ -159,20 +157,6 @@ impl<R: BufRead> Read for Decoder<R> {
         }
         self.done = true;
         Ok(0)
-    }
-}
-
-/// Hashes what the header parser reads, for FHCRC.
-struct Hashed<'a, R> {
-    r: &'a mut R,
-    h: Hasher,
-}
-
-impl<R: Read> Read for Hashed<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.r.read(buf)?;
-        self.h.update(buf.get(..n).unwrap_or_default());
-        Ok(n)
     }
 }
 
