@@ -14,6 +14,11 @@ say "cargo fmt --check"
 cargo fmt --check
 say "cargo clippy"
 cargo clippy --quiet --all-targets -- -D warnings
+say "cargo clippy --no-default-features (the device build's variant: help rendered at build time)"
+blob=$(mktemp)
+cargo run --quiet --manifest-path xtask/Cargo.toml --release -- help-blob "$blob"
+OVL_HELP_BLOB=$blob cargo clippy --quiet --no-default-features --all-targets -- -D warnings
+rm -f "$blob"
 say "man pages and shell completions (scripts/check-docs.sh)"
 scripts/check-docs.sh
 say "building the emulated boards: $BOARDS"

@@ -113,6 +113,10 @@ build_board() {
     say "[$BOARD] ovl for $RUST_TARGET (device build: scripts/device.sh)"
     device_build "$REPO" "$RUST_TARGET"
     local ovl=$DEVICE_BIN
+    if [ "$RUST_TARGET" = "$(uname -m)-unknown-linux-musl" ]; then
+        say "[$BOARD] the device build's help, beside the host's (it runs here)"
+        device_check_help "$REPO" "$ovl"
+    fi
     # It runs as /init before anything else is there: it must not need a dynamic loader.
     file -b "$ovl" | grep -Eq 'statically linked|static-pie linked' ||
         die "$ovl is not a static binary: $(file -b "$ovl")"

@@ -1,7 +1,10 @@
 # The device build of ovl: the static binary that goes into a ROM. Sourced after lib.sh.
 #
 # Nightly rebuilds the standard library for the target (-Zbuild-std) with panic=immediate-abort
-# (no panic formatting or unwinding), without unwind tables, non-PIE, identical code folded:
+# (no panic formatting or unwinding), without unwind tables, non-PIE, identical code folded,
+# with `{:?}` printing nothing (-Zfmt-debug=none: what a user reads must use Display), and
+# without clap's help renderer (help rendered at build time instead: src/help.rs), and with
+# LLVM told to inline less and to outline repeated code more (-3 KB on aarch64):
 # about half the size of the stable release build. The host build and the tests stay on stable
 # (`cargo build --release --target T` still works and is what OVL_STABLE_DEVICE=1 uses).
 #
@@ -14,7 +17,8 @@
 DEVICE_TARGET_DIR=target/device
 ZIG_VERSION=0.17.1
 DEVICE_RUSTFLAGS="-Zunstable-options -Cpanic=immediate-abort -Cforce-unwind-tables=no \
--Crelocation-model=static -Zlocation-detail=none -Ctarget-feature=+crt-static"
+-Crelocation-model=static -Zlocation-detail=none -Zfmt-debug=none -Ctarget-feature=+crt-static \
+-Cllvm-args=-inline-threshold=0 -Cllvm-args=-machine-outliner-reruns=3"
 
 ensure_nightly() {
     if ! rustup toolchain list | grep -q '^nightly'; then
@@ -76,6 +80,9 @@ device_build() {
     flags=$DEVICE_RUSTFLAGS
     case $target in
     aarch64-unknown-linux-musl | x86_64-unknown-linux-musl)
+        # aarch64: atomics as LL/SC in line, not calls that pick LSE at run time (1.7 KB of
+        # start-up code in std); ovl has no contended atomics, and v8.0 cores have no LSE.
+        [ "$target" = aarch64-unknown-linux-musl ] && flags="$flags -Ctarget-feature=-outline-atomics"
         ensure_rust "$target"
         sc=$(rustc --print sysroot)/lib/rustlib/$target/lib/self-contained
         [ -f "$sc/crt1.o" ] || die "no musl crt objects in $sc (rustup target add $target)"
@@ -88,9 +95,52 @@ device_build() {
         ;;
     *) die "no device build for $target" ;;
     esac
-    (cd "$repo" && RUSTFLAGS=$flags cargo +nightly build --quiet --release --target "$target" \
-        --bin ovl -Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size \
+    # Without clap's help renderer: the help texts are rendered here by the host's clap
+    # (src/help.rs); the file is replaced only when they changed, so as not to rebuild.
+    mkdir -p "$repo/$DEVICE_TARGET_DIR"
+    (cd "$repo" && cargo run --quiet --manifest-path xtask/Cargo.toml --release -- \
+        help-blob "$DEVICE_TARGET_DIR/help.blob.new") || die "xtask help-blob failed"
+    if cmp -s "$repo/$DEVICE_TARGET_DIR/help.blob.new" "$repo/$DEVICE_TARGET_DIR/help.blob"; then
+        rm -f "$repo/$DEVICE_TARGET_DIR/help.blob.new"
+    else
+        mv "$repo/$DEVICE_TARGET_DIR/help.blob.new" "$repo/$DEVICE_TARGET_DIR/help.blob"
+    fi
+    (cd "$repo" && OVL_HELP_BLOB=$repo/$DEVICE_TARGET_DIR/help.blob RUSTFLAGS=$flags \
+        cargo +nightly build --quiet --release --target "$target" \
+        --bin ovl --no-default-features -Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size \
         --target-dir "$DEVICE_TARGET_DIR") ||
         die "device build for $target failed (nightly -Zbuild-std; OVL_STABLE_DEVICE=1 builds with stable)"
     DEVICE_BIN=$repo/$DEVICE_TARGET_DIR/$target/release/ovl
+}
+
+# device_check_help REPO BIN: BIN (a device build that runs here) prints for every command
+# and alias name, with --help and with -h, what the host build's clap prints for --help
+# (BIN's texts were rendered at build time: src/help.rs).
+device_check_help() {
+    local repo=$1 bin=$2 dir host name cmd
+    dir=$(mktemp -d)
+    (cd "$repo" && cargo build --quiet --bin ovl) || die "cargo build (host) failed"
+    host=$repo/target/debug/ovl
+    mkdir "$dir/host" || die "cannot make $dir/host"
+    for name in ovlctl firstboot factoryreset jffs2reset sysupgrade; do
+        ln -s "$bin" "$dir/$name" && ln -s "$host" "$dir/host/$name" ||
+            die "cannot link in $dir"
+    done
+    check() {
+        local want got flag
+        want=$("$dir/host/$1" "${@:2}" --help 2>&1) || die "host $1 ${*:2} --help failed"
+        for flag in --help -h; do
+            got=$("$dir/$1" "${@:2}" "$flag" 2>&1) || die "device $1 ${*:2} $flag failed"
+            [ "$got" = "$want" ] || {
+                diff <(echo "$want") <(echo "$got") >&2
+                die "device build's help for '$1 ${*:2} $flag' differs from the host's (above)"
+            }
+        done
+    }
+    check ovlctl
+    for cmd in $("$host" --help | sed -n '/^Commands:/,/^$/s/^  \([a-z-]*\) .*/\1/p'); do
+        [ "$cmd" = help ] || check ovlctl "$cmd"
+    done
+    for name in firstboot factoryreset jffs2reset sysupgrade; do check "$name"; done
+    rm -rf "$dir"
 }

@@ -100,7 +100,7 @@ impl<'a> Summary<'a> {
     }
 
     fn timeout_ms(&self) -> u64 {
-        u64::try_from(self.config.timeout.value.as_millis()).unwrap_or(u64::MAX)
+        crate::decimal::millis(self.config.timeout.value)
     }
 
     /// The board file's keys left to their defaults, in the order of the README's table.

@@ -1,4 +1,9 @@
 //! The `ovlctl` command line. One binary: called `preinit` or `init` it boots (see main.rs).
+//!
+//! The build without the `help` feature (the device build) compiles a copy of this file with
+//! its doc comments taken out (build.rs): it prints help rendered at build time
+//! (src/help.rs), so the texts in clap's definitions would be 17 KB it never shows. Help text
+//! goes in `///` comments (or in attributes under `cfg_attr(feature = "help", ...)`).
 
 use crate::plan::BootKind;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -6,6 +11,7 @@ use std::path::PathBuf;
 
 /// What a reset does, for `ovlctl reset` and its OpenWrt names alike (a macro: `concat!`
 /// takes literals only).
+#[cfg(feature = "help")]
 macro_rules! reset_help {
     () => {
         "It says what it will do and asks (type `yes`); -y does not ask, and without a terminal \
@@ -19,6 +25,16 @@ macro_rules! reset_help {
          next boot runs the first boot again; reboot (-r) so that every program sees the ROM's \
          state."
     };
+}
+
+/// Every parser the binary has (ovlctl and the alias names): what `xtask help-blob` renders.
+pub fn parsers() -> Vec<clap::Command> {
+    use clap::CommandFactory;
+    vec![
+        Cli::command(),
+        SysupgradeAlias::command(),
+        ResetAlias::command(),
+    ]
 }
 
 /// Flash overlay manager: a squashfs ROM, a writable overlay on flash, tmpfs when that fails
@@ -77,12 +93,12 @@ pub enum Command {
     /// against a command line file and a fixture sysfs (tests).
     Preinit(PreinitArgs),
     /// Factory reset: back to the ROM's state
-    #[command(long_about = concat!(
+    #[cfg_attr(feature = "help", command(long_about = concat!(
         "Factory reset: back to the ROM's state\n\n",
         reset_help!(),
         "\n\nCalled `firstboot`, `factoryreset` or `jffs2reset` (OpenWrt's names; a reset button \
          runs `firstboot -y -r`), the binary is this command with the same flags."
-    ))]
+    )))]
     Reset(ResetArgs),
     /// Run the run-once scripts and complete the first boot
     ///
@@ -344,14 +360,15 @@ pub struct SysupgradeAlias {
 
 /// Factory reset: back to the ROM's state (ovlctl reset)
 #[derive(Parser, Debug)]
-#[command(long_about = concat!(
+#[command(name = "firstboot")]
+#[cfg_attr(feature = "help", command(long_about = concat!(
     "Factory reset: back to the ROM's state (ovlctl reset)\n\n",
     "OpenWrt's names for `ovlctl reset`, with its flags: firstboot, factoryreset and jffs2reset \
      (a reset button runs `firstboot -y -r`). ",
     reset_help!(),
     "\n\n`ovlctl firstboot`, the subcommand, is not a reset: it runs the run-once scripts and \
      completes the first boot (ovlctl-firstboot(8))."
-))]
+)))]
 pub struct ResetAlias {
     #[command(flatten)]
     pub args: ResetArgs,

@@ -91,8 +91,8 @@ fn capped(d: Duration, from: From, notes: &mut Vec<String>) -> Duration {
     if d > MAX_TIMEOUT {
         notes.push(format!(
             "{from} asks to wait {} ms for devices; capped at {} ms",
-            d.as_millis(),
-            MAX_TIMEOUT.as_millis()
+            crate::decimal::millis(d),
+            crate::decimal::millis(MAX_TIMEOUT)
         ));
         MAX_TIMEOUT
     } else {

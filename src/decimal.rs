@@ -16,14 +16,18 @@ pub struct Fixed {
 impl Fixed {
     /// `num / den` with `places` decimals; a zero `den` gives 0.
     pub fn ratio(num: u64, den: u64, places: u32) -> Fixed {
-        let scale = 10u128.pow(places);
-        let scaled = u128::from(num)
-            .saturating_mul(scale)
-            .saturating_add(u128::from(den) / 2)
-            .checked_div(u128::from(den))
-            .unwrap_or(0);
+        // In u64 (u128 division is 1.5 KB of the device binary): the whole part, then the
+        // remainder scaled; when that overflows, `den` is large enough to scale down instead.
+        let scale = 10u64.saturating_pow(places);
+        let (Some(whole), Some(rem)) = (num.checked_div(den), num.checked_rem(den)) else {
+            return Fixed { scaled: 0, places };
+        };
+        let frac = match rem.checked_mul(scale) {
+            Some(r) => r.saturating_add(den / 2) / den,
+            None => rem / (den / scale).max(1),
+        };
         Fixed {
-            scaled: u64::try_from(scaled).unwrap_or(u64::MAX),
+            scaled: whole.saturating_mul(scale).saturating_add(frac),
             places,
         }
     }
@@ -48,6 +52,11 @@ pub fn secs(d: Duration, places: u32) -> Fixed {
         1_000_000,
         places,
     )
+}
+
+/// Whole milliseconds of `d`, for messages (Duration's own count is a u128).
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Microseconds as milliseconds with one decimal ("12.3").
@@ -104,6 +113,11 @@ mod tests {
         assert_eq!(Fixed::ratio(1536, 1024, 1).to_string(), "1.5");
         assert_eq!(Fixed::ratio(1, 0, 1).to_string(), "0.0");
         assert_eq!(Fixed::ratio(u64::MAX, 1, 3).scaled, u64::MAX);
+        assert_eq!(Fixed::ratio(u64::MAX, u64::MAX, 2).to_string(), "1.00");
+        assert_eq!(Fixed::ratio(u64::MAX - 1, u64::MAX, 2).to_string(), "1.00");
+        assert_eq!(Fixed::ratio(u64::MAX / 3, u64::MAX, 3).to_string(), "0.333");
+        assert_eq!(Fixed::ratio(7, 1000, 2).to_string(), "0.01");
+        assert_eq!(millis(Duration::from_micros(2999)), 2);
     }
 
     #[test]

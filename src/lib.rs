@@ -18,7 +18,13 @@ pub mod apply;
 pub mod backup;
 pub mod board;
 pub mod check_board;
+#[cfg(feature = "help")]
 pub mod cli;
+/// The same definitions without their help texts (see the top of src/cli.rs).
+#[cfg(not(feature = "help"))]
+pub mod cli {
+    include!(concat!(env!("OUT_DIR"), "/cli.rs"));
+}
 pub mod cmdline;
 pub mod config;
 pub mod crash;
@@ -27,6 +33,7 @@ pub mod decimal;
 pub mod firstboot;
 pub mod flash;
 pub mod gzip;
+pub mod help;
 pub mod image;
 pub mod keep;
 pub mod klog;

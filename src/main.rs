@@ -8,12 +8,43 @@
     clippy::indexing_slicing
 )]
 
-use clap::Parser;
 use ovl::cli::{Cli, Command};
 use ovl::preinit::{self, Options};
 use ovl::sys::real::Real;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+/// The device build's help texts (src/help.rs).
+#[cfg(not(feature = "help"))]
+const HELP: &[u8] = include_bytes!(env!(
+    "OVL_HELP_BLOB",
+    "a build without the `help` feature needs OVL_HELP_BLOB, the file `xtask help-blob FILE` \
+     writes (scripts/device.sh does both)"
+));
+
+/// Parses argv with `P`; on a help request the device build prints its pre-rendered text.
+fn parse<P: clap::Parser>(name: &str) -> P {
+    let mut cmd = P::command();
+    let r = matches(&mut cmd).and_then(|mut m| P::from_arg_matches_mut(&mut m));
+    r.unwrap_or_else(|e| fail(e.format(&mut cmd), name))
+}
+
+/// The parse proper, once for every parser (only the typed step above is per parser).
+fn matches(cmd: &mut clap::Command) -> Result<clap::ArgMatches, clap::Error> {
+    #[cfg(not(feature = "help"))]
+    ovl::help::attach(cmd);
+    cmd.try_get_matches_from_mut(std::env::args_os())
+}
+
+fn fail(e: clap::Error, name: &str) -> ! {
+    #[cfg(not(feature = "help"))]
+    ovl::help::exit(e, HELP, name);
+    #[cfg(feature = "help")]
+    {
+        let _ = name;
+        e.exit()
+    }
+}
 
 fn boot(opts: Options) -> ExitCode {
     let mut sys = Real::new(opts.target.join("dev"));
@@ -304,14 +335,14 @@ fn main() -> ExitCode {
     }
     if matches!(name.as_str(), "factoryreset" | "jffs2reset" | "firstboot") {
         ovl::klog::init("ovlctl");
-        let a = ovl::cli::ResetAlias::parse();
+        let a = parse::<ovl::cli::ResetAlias>(&name);
         return reset(a.args);
     }
     if name == "sysupgrade" {
         ovl::klog::init("ovlctl");
-        return sysupgrade_alias(ovl::cli::SysupgradeAlias::parse());
+        return sysupgrade_alias(parse(&name));
     }
-    let cli = Cli::parse();
+    let cli: Cli = parse(&name);
     match cli.command {
         Command::Preinit(a) => {
             ovl::klog::init("preinit");

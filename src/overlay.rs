@@ -226,7 +226,15 @@ pub fn clear_dir(dir: &Path) -> io::Result<Cleared> {
 /// Mount points strictly below `dir`, from /proc/self/mountinfo (a bind mount of a directory
 /// of the same file system has the same st_dev, so st_dev alone would not see it).
 fn mounts_below(dir: &Path) -> Vec<PathBuf> {
-    let Ok(real) = std::fs::canonicalize(dir) else {
+    // The kernel's name for `dir`, as mountinfo spells mount points (without realpath(3):
+    // the link of an open descriptor in /proc, which mountinfo needs anyway).
+    let Some(real) = std::fs::File::open(dir).ok().and_then(|f| {
+        std::fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&f)
+        ))
+        .ok()
+    }) else {
         return Vec::new();
     };
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();

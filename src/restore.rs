@@ -122,11 +122,19 @@ pub struct Source {
     pub len: u64,
 }
 
+/// A file in memory with no name (memfd): nothing is left behind if the process dies, and it
+/// needs no writable /tmp.
+fn unnamed_file() -> Result<std::fs::File> {
+    nix::sys::memfd::memfd_create(c"ovl-restore", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+        .map(std::fs::File::from)
+        .map_err(|e| anyhow::anyhow!("memfd_create: {}", crate::sys::errno_text(e)))
+}
+
 /// Opens the archive as a seekable file (standard input is spooled to an unnamed temporary
 /// file first, bounded).
 fn open(archive: &Path) -> Result<Source> {
     if archive == Path::new("-") {
-        let mut f = tempfile::tempfile().context("create a temporary file for standard input")?;
+        let mut f = unnamed_file().context("spool standard input")?;
         let n = io::copy(&mut io::stdin().lock().take(MAX_ARCHIVE + 1), &mut f)
             .context("read the archive from standard input")?;
         if n > MAX_ARCHIVE {
@@ -451,7 +459,7 @@ fn read_members(f: &Source) -> Result<Read1> {
             tar::EntryType::Fifo => return Err(refuse("a fifo")),
             other => {
                 return Err(refuse(&format!(
-                    "a member of type {:?}, which a configuration does not hold",
+                    "a member of type '{}', which a configuration does not hold",
                     other.as_byte() as char
                 )))
             }
@@ -629,7 +637,7 @@ pub fn check_bytes(bytes: &[u8]) -> Result<()> {
             MAX_ARCHIVE >> 20
         );
     }
-    let mut f = tempfile::tempfile().context("create a temporary file")?;
+    let mut f = unnamed_file()?;
     f.write_all(bytes).context("write a temporary file")?;
     let src = Source {
         file: f,

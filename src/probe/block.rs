@@ -72,12 +72,13 @@ pub fn scan(sysfs: &Path) -> Vec<BlockDev> {
     devs
 }
 
-/// The disk of a partition: the parent of its directory in sysfs (`.../block/vda/vda2`), or,
+/// The disk of a partition: the parent of its directory in sysfs (`.../block/vda/vda2`, what
+/// the class link points to: reading the link is enough, no whole path resolution), or,
 /// where that is not a block device (fixtures), its name without the partition suffix
 /// (`vda2`, `mmcblk0p2`, `nvme0n1p2`).
 fn disk_of(sysfs: &Path, entry: &Path, name: &str) -> Option<String> {
     let class = sysfs.join("class/block");
-    let parent = std::fs::canonicalize(entry).ok().and_then(|p| {
+    let parent = std::fs::read_link(entry).ok().and_then(|p| {
         p.parent()
             .and_then(|d| d.file_name())
             .map(|n| n.to_string_lossy().into_owned())

@@ -558,7 +558,7 @@ pub fn find(w: &Wanted, src: &Sources, sys: &mut dyn Sys) -> Found {
             None => devs = Some(watch::DevWatch::new(&src.dev_dir, src.make_nodes)),
         }
     }
-    let waited = start.elapsed().as_millis();
+    let waited = crate::decimal::millis(start.elapsed());
     let rom = match (&w.rom, &rom_hit) {
         (None, _) => Err("the ROM is the current root".to_string()),
         (Some(sel), None) => Err(

@@ -4,6 +4,8 @@
 //! (`ovl::cli`), laid out as under `/usr/share`, so an image builder copies OUTDIR's tree in:
 //! `man/man8/*.8`, `bash-completion/completions/NAME`, `zsh/site-functions/_NAME`,
 //! `fish/vendor_completions.d/NAME.fish`.
+//!
+//! `xtask help-blob FILE` writes the help texts the device build carries (ovl's src/help.rs).
 
 use anyhow::Context;
 use clap::{Command, CommandFactory, Parser};
@@ -19,6 +21,12 @@ enum Task {
     Docs {
         /// Where to write them (made if missing).
         outdir: PathBuf,
+    },
+    /// Write the long help of every command, rendered and deflated, for the device build (its
+    /// clap has no help renderer; ovl's src/help.rs).
+    HelpBlob {
+        /// The file to write.
+        file: PathBuf,
     },
 }
 
@@ -218,5 +226,9 @@ fn docs(out: &Path) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     match Task::parse() {
         Task::Docs { outdir } => docs(&outdir),
+        Task::HelpBlob { file } => {
+            let blob = ovl::help::render(ovl::cli::parsers()).context("render the help texts")?;
+            std::fs::write(&file, blob).with_context(|| format!("write {}", file.display()))
+        }
     }
 }
