@@ -82,6 +82,7 @@ device_build() {
     aarch64-unknown-linux-musl | x86_64-unknown-linux-musl)
         # aarch64: atomics as LL/SC in line, not calls that pick LSE at run time (1.7 KB of
         # start-up code in std); ovl has no contended atomics, and v8.0 cores have no LSE.
+        # rustc warns that the feature is unstable: expected.
         [ "$target" = aarch64-unknown-linux-musl ] && flags="$flags -Ctarget-feature=-outline-atomics"
         ensure_rust "$target"
         sc=$(rustc --print sysroot)/lib/rustlib/$target/lib/self-contained

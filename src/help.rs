@@ -95,14 +95,15 @@ pub fn key_of(e: &clap::Error) -> Option<String> {
 pub fn exit(e: clap::Error, blob: &[u8], name: &str) -> ! {
     if let Some(key) = key_of(&e) {
         let missing = e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand;
-        let text = lookup(blob, &key, name)
-            .unwrap_or_else(|| format!("{name}: no help text for `{key}` in this build\n"));
-        if missing {
-            eprint!("{text}");
-            std::process::exit(2);
+        match lookup(blob, &key, name) {
+            Some(text) if !missing => {
+                print!("{text}");
+                std::process::exit(0)
+            }
+            Some(text) => eprint!("{text}"),
+            None => eprintln!("{name}: no help text for `{key}` in this build"),
         }
-        print!("{text}");
-        std::process::exit(0);
+        std::process::exit(2);
     }
     e.exit()
 }
