@@ -7,6 +7,7 @@ cd "$(dirname "$0")"
 OVL_STEP=test
 . scripts/lib.sh
 . qemu-arm/boards.sh
+. scripts/device.sh
 need_root
 ensure_host_tools
 
@@ -16,7 +17,7 @@ say "cargo clippy"
 cargo clippy --quiet --all-targets -- -D warnings
 say "cargo clippy --no-default-features (the device build's variant: help rendered at build time)"
 blob=$(mktemp)
-cargo run --quiet --manifest-path xtask/Cargo.toml --release -- help-blob "$blob"
+device_help_blob "$PWD" "$blob"
 OVL_HELP_BLOB=$blob cargo clippy --quiet --no-default-features --all-targets -- -D warnings
 rm -f "$blob"
 say "man pages and shell completions (scripts/check-docs.sh)"

@@ -65,9 +65,16 @@ EOF
     echo "$dir/cc-arm-linux-musleabihf"
 }
 
+# device_help_blob REPO FILE: the help texts of every command, for a build without the `help`
+# feature (OVL_HELP_BLOB; src/help.rs).
+device_help_blob() {
+    (cd "$1" && cargo run --quiet --manifest-path xtask/Cargo.toml --release -- help-blob "$2") ||
+        die "xtask help-blob failed"
+}
+
 # device_build REPO TARGET: builds ovl for TARGET; sets DEVICE_BIN to the stripped binary.
 device_build() {
-    local repo=$1 target=$2 flags cache sc
+    local repo=$1 target=$2 flags cache sc blob
     cache=${OVL_CACHE:-$repo/.cache}
     if [ -n "${OVL_STABLE_DEVICE:-}" ]; then
         ensure_rust_target "$target"
@@ -98,15 +105,11 @@ device_build() {
     esac
     # Without clap's help renderer: the help texts are rendered here by the host's clap
     # (src/help.rs); the file is replaced only when they changed, so as not to rebuild.
+    blob=$repo/$DEVICE_TARGET_DIR/help.blob
     mkdir -p "$repo/$DEVICE_TARGET_DIR"
-    (cd "$repo" && cargo run --quiet --manifest-path xtask/Cargo.toml --release -- \
-        help-blob "$DEVICE_TARGET_DIR/help.blob.new") || die "xtask help-blob failed"
-    if cmp -s "$repo/$DEVICE_TARGET_DIR/help.blob.new" "$repo/$DEVICE_TARGET_DIR/help.blob"; then
-        rm -f "$repo/$DEVICE_TARGET_DIR/help.blob.new"
-    else
-        mv "$repo/$DEVICE_TARGET_DIR/help.blob.new" "$repo/$DEVICE_TARGET_DIR/help.blob"
-    fi
-    (cd "$repo" && OVL_HELP_BLOB=$repo/$DEVICE_TARGET_DIR/help.blob RUSTFLAGS=$flags \
+    device_help_blob "$repo" "$blob.new"
+    if cmp -s "$blob.new" "$blob"; then rm -f "$blob.new"; else mv "$blob.new" "$blob"; fi
+    (cd "$repo" && OVL_HELP_BLOB=$blob RUSTFLAGS=$flags \
         cargo +nightly build --quiet --release --target "$target" \
         --bin ovl --no-default-features -Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size \
         --target-dir "$DEVICE_TARGET_DIR") ||

@@ -25,24 +25,20 @@ const HELP: &[u8] = include_bytes!(env!(
 /// Parses argv with `P`; on a help request the device build prints its pre-rendered text.
 fn parse<P: clap::Parser>(name: &str) -> P {
     let mut cmd = P::command();
-    let r = matches(&mut cmd).and_then(|mut m| P::from_arg_matches_mut(&mut m));
-    r.unwrap_or_else(|e| fail(e.format(&mut cmd), name))
-}
-
-/// The parse proper, once for every parser (only the typed step above is per parser).
-fn matches(cmd: &mut clap::Command) -> Result<clap::ArgMatches, clap::Error> {
     #[cfg(not(feature = "help"))]
-    ovl::help::attach(cmd);
-    cmd.try_get_matches_from_mut(std::env::args_os())
-}
-
-fn fail(e: clap::Error, name: &str) -> ! {
-    #[cfg(not(feature = "help"))]
-    ovl::help::exit(e, HELP, name);
-    #[cfg(feature = "help")]
-    {
-        let _ = name;
-        e.exit()
+    ovl::help::attach(&mut cmd);
+    let r = cmd
+        .try_get_matches_from_mut(std::env::args_os())
+        .and_then(|mut m| P::from_arg_matches_mut(&mut m));
+    match r.map_err(|e| e.format(&mut cmd)) {
+        Ok(p) => p,
+        #[cfg(not(feature = "help"))]
+        Err(e) => ovl::help::exit(e, HELP, name),
+        #[cfg(feature = "help")]
+        Err(e) => {
+            let _ = name;
+            e.exit()
+        }
     }
 }
 
