@@ -141,36 +141,46 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
         .map_err(ctx(format!("sync {}", dir.display())))
 }
 
+/// How much of a ROM's start [`rom_identity`] reads: a caller that read this much already
+/// hands it over, and nothing is read twice.
+pub const IDENTITY_SPAN: usize = 64 * 1024;
+
 /// The identity of a squashfs ROM, cheap enough for every boot: its size and a CRC32 of its
 /// superblock (which holds the build time and every table's offset), its first 64 KiB and
 /// the 64 KiB before its end. Two builds of different content differ in all of these.
-pub fn rom_identity(dev: &Path) -> io::Result<String> {
+/// `head` is what was read of `f` from offset 0 (up to [`IDENTITY_SPAN`]); only the rest is
+/// read, from `f`, which `name` names in errors.
+pub fn rom_identity(name: &str, f: &std::fs::File, head: &[u8]) -> io::Result<String> {
     use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(dev).map_err(ctx(format!("open {}", dev.display())))?;
-    let f = crate::probe::no_readahead(f);
-    identity_with(&dev.display().to_string(), |buf, at| {
-        f.read_exact_at(buf, at)
+    identity_with(name, |buf, at| match slice_at(head, at, buf.len()) {
+        Some(src) => {
+            buf.copy_from_slice(src);
+            Ok(())
+        }
+        None => f.read_exact_at(buf, at),
     })
 }
 
 /// [`rom_identity`] of a squashfs image in memory: what a ROM will be called once written.
 pub fn rom_identity_of(img: &[u8]) -> io::Result<String> {
     identity_with("the image", |buf, at| {
-        let start = usize::try_from(at).unwrap_or(usize::MAX);
-        let src = start
-            .checked_add(buf.len())
-            .and_then(|end| img.get(start..end))
+        let src = slice_at(img, at, buf.len())
             .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
         buf.copy_from_slice(src);
         Ok(())
     })
 }
 
+fn slice_at(bytes: &[u8], at: u64, len: usize) -> Option<&[u8]> {
+    let start = usize::try_from(at).ok()?;
+    bytes.get(start..start.checked_add(len)?)
+}
+
 fn identity_with(
     name: &str,
     read_at: impl Fn(&mut [u8], u64) -> io::Result<()>,
 ) -> io::Result<String> {
-    const SPAN: u64 = 64 * 1024;
+    const SPAN: u64 = IDENTITY_SPAN as u64;
     let mut sb = [0u8; 96];
     read_at(&mut sb, 0).map_err(ctx(format!("read the superblock of {name}")))?;
     if sb.get(..4) != Some(b"hsqs".as_slice()) {

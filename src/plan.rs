@@ -100,6 +100,9 @@ impl Layout {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RomFound {
     pub device: String,
+    /// Its identity (`overlay::rom_identity`), read with it; none when that failed (logged):
+    /// then no overlay is called stale.
+    pub id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -587,6 +590,7 @@ mod tests {
             request: Request::Normal,
             rom: Ok(RomFound {
                 device: "/dev/mtdblock1".into(),
+                id: None,
             }),
             data,
             fs: FsChoice::Auto,

@@ -198,12 +198,9 @@ pub fn run(opts: &Options, sys: &mut dyn Sys) -> i32 {
         // As the device will be named after the switch, where ovlctl reads it.
         clock.state.rom = Some(fit(&shown(&layout, &r.device)));
         // The identity the overlay is checked against; without it no overlay is called stale.
-        match crate::overlay::rom_identity(&probe::raw_device(Path::new(&r.device))) {
-            Ok(id) => {
-                clock.state.rom_id = Some(fit(&id));
-                rom_id = Some(id);
-            }
-            Err(e) => log::warn!("ROM identity: {e}"),
+        if let Some(id) = &r.id {
+            clock.state.rom_id = Some(fit(id));
+            rom_id = Some(id.clone());
         }
     } else if boot == BootKind::Rootfs {
         clock.state.rom = Some(fit("/"));

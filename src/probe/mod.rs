@@ -313,10 +313,13 @@ pub fn raw_device(path: &Path) -> PathBuf {
 }
 
 pub fn read_head(path: &Path, len: usize) -> std::io::Result<Vec<u8>> {
+    read_head_of(&no_readahead(std::fs::File::open(path)?), len)
+}
+
+/// The first `len` bytes of an open device, fewer when it is shorter.
+fn read_head_of(f: &std::fs::File, len: usize) -> std::io::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(len);
-    no_readahead(std::fs::File::open(path)?)
-        .take(len as u64)
-        .read_to_end(&mut buf)?;
+    f.take(len as u64).read_to_end(&mut buf)?;
     Ok(buf)
 }
 
@@ -596,17 +599,26 @@ pub fn find(w: &Wanted, src: &Sources, sys: &mut dyn Sys) -> Found {
     Found { rom, data, notes }
 }
 
+/// The ROM is squashfs, and its identity, from one open of the device and one read of its
+/// start: each system call counts under emulation.
 fn check_rom(hit: &Hit, src: &Sources) -> Result<RomFound, String> {
     let dev = match hit {
         Hit::Ubi(v) => src.dev_dir.join(v.block_name()),
         _ => hit.mount_dev(src),
     };
     let raw = raw_device(&dev);
-    let head =
-        read_head(&raw, PROBE_BYTES).map_err(|e| format!("read ROM {}: {e}", raw.display()))?;
-    match identify(&head) {
+    let name = raw.display().to_string();
+    let f = std::fs::File::open(&raw)
+        .map(no_readahead)
+        .map_err(|e| format!("read ROM {name}: {e}"))?;
+    let head = read_head_of(&f, crate::overlay::IDENTITY_SPAN)
+        .map_err(|e| format!("read ROM {name}: {e}"))?;
+    match identify(head.get(..PROBE_BYTES).unwrap_or(&head)) {
         Content::Squashfs { .. } => Ok(RomFound {
             device: dev.display().to_string(),
+            id: crate::overlay::rom_identity(&name, &f, &head)
+                .map_err(|e| log::warn!("ROM identity: {e}"))
+                .ok(),
         }),
         c => Err(format!(
             "ROM {} holds {}, not squashfs",

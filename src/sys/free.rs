@@ -2,9 +2,10 @@
 //! that is on its own file system goes; mount points (the new root) are left alone.
 //!
 //! Walked relative to open directories with the types readdir gives (a ramfs and a tmpfs
-//! always give them): a file costs one `unlinkat` and no path lookup from `/`, a directory one
-//! `fstatat` (is it another mount?), an open and an `unlinkat`. Best effort: it only frees
-//! memory, so a name that will not go is counted and the walk goes on.
+//! always give them): a file costs one `unlinkat` and no path lookup from `/`, an empty
+//! directory one `unlinkat` (a mount point refuses it with EBUSY), any other directory an
+//! `fstatat` (is it another mount?), an open and a second `unlinkat`. Best effort: it only
+//! frees memory, so a name that will not go is counted and the walk goes on.
 
 use nix::dir::{Dir, Type};
 use nix::fcntl::{AtFlags, OFlag};
@@ -62,6 +63,23 @@ fn walk(mut d: Dir, dev: u64, out: &mut Freed) {
             }
             continue;
         }
+        // An empty directory (the mount points moved away, /proc, /sys) goes at once; a mount
+        // point answers EBUSY before any look at its content.
+        match nix::unistd::unlinkat(&d, name.as_c_str(), UnlinkatFlags::RemoveDir) {
+            Ok(()) => {
+                out.removed += 1;
+                continue;
+            }
+            Err(nix::errno::Errno::EBUSY) => {
+                out.mounts += 1;
+                continue;
+            }
+            Err(nix::errno::Errno::ENOTEMPTY | nix::errno::Errno::EEXIST) => {}
+            Err(_) => {
+                out.failed += 1;
+                continue;
+            }
+        }
         match fstatat(&d, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) if st.st_dev != dev => {
                 out.mounts += 1;
@@ -98,6 +116,7 @@ mod tests {
         let p = dir.path();
         std::fs::create_dir_all(p.join("lib/modules/6.1/kernel")).unwrap();
         std::fs::write(p.join("init"), b"x").unwrap();
+        std::fs::create_dir(p.join("proc")).unwrap();
         std::fs::write(p.join("lib/modules/6.1/kernel/mtd.ko"), b"x").unwrap();
         std::fs::write(p.join(".hidden"), b"x").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", p.join("link")).unwrap();
@@ -112,7 +131,7 @@ mod tests {
         assert_eq!(
             f,
             Freed {
-                removed: 9,
+                removed: 10,
                 failed: 0,
                 mounts: 0
             }

@@ -81,6 +81,11 @@ impl Sys for Real {
     }
 
     fn mkdir_p(&mut self, path: &Path) -> SysResult<()> {
+        // At boot the directory is there nearly always (in the initramfs, the ROM or the
+        // upper): one stat, where create_dir_all would mkdir (EEXIST) and then stat.
+        if path.is_dir() {
+            return Ok(());
+        }
         std::fs::create_dir_all(path)
             .map_err(|e| SysError::new(format!("mkdir {}", path.display()), io_errno(&e)))
     }
@@ -354,14 +359,23 @@ impl Sys for Real {
         let r = if st.flags().contains(FsFlags::ST_RDONLY) {
             Err(SysError::msg(what.clone(), "it is mounted read-only"))
         } else {
-            // A leftover from a cut boot is ours: remove it first so create_new does not trip.
-            let _ = std::fs::remove_file(&probe);
             // An empty file: a full partition that still takes new files stays persistent
             // (the user can free space there); one that takes none does not.
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&probe)
+            let create = || {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&probe)
+            };
+            create()
+                .or_else(|e| {
+                    // A leftover from a cut boot is ours: removed, and made again.
+                    if e.kind() != std::io::ErrorKind::AlreadyExists {
+                        return Err(e);
+                    }
+                    std::fs::remove_file(&probe)?;
+                    create()
+                })
                 .map_err(|e| {
                     SysError::new(format!("{what}: create {}", probe.display()), io_errno(&e))
                 })
@@ -483,6 +497,35 @@ mod tests {
 
     fn argv(words: &[&str]) -> Vec<String> {
         words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn the_write_probe_is_made_and_removed_also_over_a_leftover() {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = dir.path().join(super::super::WRITE_PROBE);
+        let mut r = Real::new("/dev".into());
+        r.check_writable(dir.path(), dir.path()).unwrap();
+        assert!(!probe.exists());
+        // A cut boot's leftover.
+        std::fs::write(&probe, b"").unwrap();
+        r.check_writable(dir.path(), dir.path()).unwrap();
+        assert!(!probe.exists());
+        // A directory by that name is not ours to remove: the check fails, naming it.
+        std::fs::create_dir(&probe).unwrap();
+        let e = r.check_writable(dir.path(), dir.path()).unwrap_err();
+        assert!(e.to_string().contains(".ovl-write-probe"), "{e}");
+        assert!(probe.is_dir());
+    }
+
+    #[test]
+    fn a_directory_that_is_there_is_not_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Real::new("/dev".into());
+        r.mkdir_p(&dir.path().join("a/b")).unwrap();
+        r.mkdir_p(&dir.path().join("a/b")).unwrap();
+        assert!(dir.path().join("a/b").is_dir());
+        std::fs::write(dir.path().join("f"), b"").unwrap();
+        assert!(r.mkdir_p(&dir.path().join("f")).is_err());
     }
 
     #[test]
