@@ -20,6 +20,9 @@ blob=$(mktemp)
 device_help_blob "$PWD" "$blob"
 OVL_HELP_BLOB=$blob cargo clippy --quiet --no-default-features --all-targets -- -D warnings
 rm -f "$blob"
+say "cargo clippy and the timing unit test with --features timing (bench/boards.sh --steps)"
+cargo clippy --quiet --features timing --all-targets -- -D warnings
+cargo test --quiet --features timing --lib timing:: 2>&1
 say "man pages and shell completions (scripts/check-docs.sh)"
 scripts/check-docs.sh
 say "building the emulated boards: $BOARDS"

@@ -73,14 +73,22 @@ device_help_blob() {
 }
 
 # device_build REPO TARGET: builds ovl for TARGET; sets DEVICE_BIN to the stripped binary.
+# OVL_DEVICE_FEATURES=LIST adds cargo features (`timing`, for bench/boards.sh --steps); such a
+# build goes to a target directory of its own, so that it never stands in for the shipped one.
 device_build() {
-    local repo=$1 target=$2 flags cache sc blob
+    local repo=$1 target=$2 flags cache sc blob tdir=$DEVICE_TARGET_DIR features=()
     cache=${OVL_CACHE:-$repo/.cache}
+    if [ -n "${OVL_DEVICE_FEATURES:-}" ]; then
+        features=(--features "$OVL_DEVICE_FEATURES")
+        tdir=$DEVICE_TARGET_DIR-${OVL_DEVICE_FEATURES//[^a-z0-9_]/-}
+    fi
     if [ -n "${OVL_STABLE_DEVICE:-}" ]; then
         ensure_rust_target "$target"
-        (cd "$repo" && cargo build --quiet --release --target "$target" --bin ovl) ||
+        tdir=target${features[*]:+/stable-${OVL_DEVICE_FEATURES//[^a-z0-9_]/-}}
+        (cd "$repo" && cargo build --quiet --release --target "$target" --bin ovl "${features[@]}" \
+            --target-dir "$tdir") ||
             die "cargo build --target $target failed"
-        DEVICE_BIN=$repo/target/$target/release/ovl
+        DEVICE_BIN=$repo/$tdir/$target/release/ovl
         return
     fi
     ensure_nightly
@@ -105,16 +113,16 @@ device_build() {
     esac
     # Without clap's help renderer: the help texts are rendered here by the host's clap
     # (src/help.rs); the file is replaced only when they changed, so as not to rebuild.
-    blob=$repo/$DEVICE_TARGET_DIR/help.blob
-    mkdir -p "$repo/$DEVICE_TARGET_DIR"
+    blob=$repo/$tdir/help.blob
+    mkdir -p "$repo/$tdir"
     device_help_blob "$repo" "$blob.new"
     if cmp -s "$blob.new" "$blob"; then rm -f "$blob.new"; else mv "$blob.new" "$blob"; fi
     (cd "$repo" && OVL_HELP_BLOB=$blob RUSTFLAGS=$flags \
         cargo +nightly build --quiet --release --target "$target" \
-        --bin ovl --no-default-features -Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size \
-        --target-dir "$DEVICE_TARGET_DIR") ||
+        --bin ovl --no-default-features "${features[@]}" -Zbuild-std=std,panic_abort \
+        -Zbuild-std-features=optimize_for_size --target-dir "$tdir") ||
         die "device build for $target failed (nightly -Zbuild-std; OVL_STABLE_DEVICE=1 builds with stable)"
-    DEVICE_BIN=$repo/$DEVICE_TARGET_DIR/$target/release/ovl
+    DEVICE_BIN=$repo/$tdir/$target/release/ovl
 }
 
 # device_check_help REPO BIN: BIN (a device build that runs here) prints for every command

@@ -36,9 +36,28 @@ impl Done {
 
 pub fn run(sys: &mut dyn Sys, steps: &[Step], done: &mut Done) -> Result<(), SysError> {
     for s in steps {
-        step(sys, s, done)?;
+        crate::timed!(label(s), step(sys, s, done))?;
     }
     Ok(())
+}
+
+/// A step's name in the sub-step timings (src/timing.rs): the same on every boot.
+#[cfg(feature = "timing")]
+fn label(s: &Step) -> String {
+    match s {
+        Step::Mkdir(p) => format!("mkdir {}", p.display()),
+        Step::Mount(m) => format!("mount {} {}", m.fstype, m.target.display()),
+        Step::Move { to, .. } => format!("move {}", to.display()),
+        Step::CheckWritable { .. } => "write probe".into(),
+        Step::FinishRestore { .. } => "finish restore".into(),
+        Step::RestoreKept { .. } => "restore kept".into(),
+        Step::Prepare { .. } => "first-boot record".into(),
+        Step::Format { .. } => "mkfs".into(),
+        Step::Truncate { .. } => "truncate".into(),
+        Step::Erase { .. } => "erase".into(),
+        Step::SwitchRoot { .. } => "switch_root".into(),
+        Step::PivotRoot { .. } => "pivot_root".into(),
+    }
 }
 
 fn step(sys: &mut dyn Sys, s: &Step, done: &mut Done) -> Result<(), SysError> {
@@ -136,7 +155,7 @@ fn step(sys: &mut dyn Sys, s: &Step, done: &mut Done) -> Result<(), SysError> {
         Step::SwitchRoot { new_root, old_root } => {
             sys.chdir(new_root)?;
             // Frees the initramfs's memory; a failure costs RAM, not the boot.
-            if let Err(e) = sys.free_tree(old_root) {
+            if let Err(e) = crate::timed!("- free initramfs", sys.free_tree(old_root)) {
                 log::warn!("{e}");
             }
             sys.move_mount(Path::new("."), old_root)?;

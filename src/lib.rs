@@ -49,6 +49,7 @@ pub mod spawn;
 pub mod state;
 pub mod status;
 pub mod sys;
+pub mod timing;
 pub mod ubi;
 pub mod ubistage;
 pub mod upgrade;

@@ -66,6 +66,8 @@ impl Clock {
         let now = Instant::now();
         let us = u64::try_from(now.duration_since(self.last).as_micros()).unwrap_or(u64::MAX);
         self.state.add_step(step, us);
+        #[cfg(feature = "timing")]
+        crate::timing::push(&format!("[{step}]"), us);
         self.last = now;
         crate::crash::step_done(step);
         if self.crash_at.as_deref() == Some(step) {
@@ -148,7 +150,8 @@ pub fn run(opts: &Options, sys: &mut dyn Sys) -> i32 {
     clock.lap("setup");
 
     // 2. Command line and board, resolved once.
-    let (cmdline, board, board_error) = read_inputs(opts, &target);
+    let (cmdline, board, board_error) =
+        crate::timed!("command line and board file", read_inputs(opts, &target));
     if !board.name.is_empty() {
         clock.state.board = Some(fit(&board.name));
     }
@@ -876,11 +879,18 @@ fn write_state(sys: &mut dyn Sys, layout: &Layout, clock: &mut Clock, switched: 
         layout.run_dir()
     };
     let dir = run.join(state::STATE_DIR);
-    let r = sys
-        .mkdir_p(&dir)
-        .and_then(|()| sys.write_file(&dir.join(state::STATE_FILE), &json));
+    let r = crate::timed!(
+        "state written",
+        sys.mkdir_p(&dir)
+            .and_then(|()| sys.write_file(&dir.join(state::STATE_FILE), &json))
+    );
     if let Err(e) = r {
         log::error!("could not write the state file: {e}");
+    }
+    // After the state, so that bench/boards.sh --steps finds every span in one line.
+    #[cfg(feature = "timing")]
+    for line in crate::timing::take() {
+        log::info!("timing: {line}");
     }
 }
 

@@ -470,7 +470,7 @@ pub fn find(w: &Wanted, src: &Sources, sys: &mut dyn Sys) -> Found {
     let mut devs: Option<watch::DevWatch> = None;
     let snapshot = |src: &Sources| snapshot_of(src, need);
     loop {
-        snap = snapshot(src);
+        snap = crate::timed!("find: devices seen", snapshot(src));
         if src.make_nodes {
             make_nodes(&snap, src, sys);
         }
@@ -556,7 +556,7 @@ pub fn find(w: &Wanted, src: &Sources, sys: &mut dyn Sys) -> Found {
         }
         match &devs {
             Some(d) => {
-                d.wait(w.timeout.saturating_sub(elapsed));
+                crate::timed!("find: wait", d.wait(w.timeout.saturating_sub(elapsed)));
             }
             None => devs = Some(watch::DevWatch::new(&src.dev_dir, src.make_nodes)),
         }
@@ -571,11 +571,11 @@ pub fn find(w: &Wanted, src: &Sources, sys: &mut dyn Sys) -> Found {
                 (None, None) => format!("no ROM partition ({sel}) after {waited} ms"),
             },
         ),
-        (Some(_), Some(hit)) => check_rom(hit, src),
+        (Some(_), Some(hit)) => crate::timed!("find: ROM check and identity", check_rom(hit, src)),
     };
     let data = match (&w.data, data_hit) {
         (None, _) => Err("failsafe: the writable partition is not used".to_string()),
-        (Some(_), Some(hit)) => identify_data(&hit, src),
+        (Some(_), Some(hit)) => crate::timed!("find: writable partition", identify_data(&hit, src)),
         (Some(sel @ (Selector::AfterRom | Selector::Auto)), None) => match &rom_hit {
             Some(Hit::Block(rom_dev)) => after_rom(rom_dev, sys),
             Some(Hit::Mtd(_)) if matches!(sel, Selector::Auto) => Err(format!(
@@ -679,7 +679,10 @@ pub fn mtd_content(dev: &Path, head: &[u8], m: &mtd::MtdPart) -> Result<Content,
     if matches!(first, Content::Marker | Content::ResetMark) {
         return Ok(first);
     }
-    let c = jffs2::census(dev, m.size, m.erasesize, head)?;
+    let c = crate::timed!(
+        "- JFFS2 census",
+        jffs2::census(dev, m.size, m.erasesize, head)
+    )?;
     if jffs2::is_reset_mark(head, &c) {
         return Ok(Content::ResetMark);
     }
