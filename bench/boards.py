@@ -10,7 +10,13 @@ third kind boots a copy of the board's initramfs with that binary as /init, and 
 gives the ratio new/old. The kinds boot in turn (one of each, then again), so that a change in
 the host's load falls on all of them alike.
 
-Usage: bench/boards.py [--boots N] [--no-reset] [--against REV] [BOARD...]
+With --steps (bench/boards.sh builds this tree's ovl with the cargo feature `timing` as
+$CACHE/steps/BOARD.ovl), a kind "steps" boots that binary, and its sub-step timings (kmsg
+lines "preinit: timing: label=us; ...") are printed as medians under each step, with the
+step's remainder as "(rest)". Its timing code makes it a little slower than "ovl"; the split
+is what it is for.
+
+Usage: bench/boards.py [--boots N] [--no-reset] [--against REV] [--steps] [BOARD...]
        (run by bench/boards.sh after the build)
 """
 import argparse
@@ -135,10 +141,15 @@ def with_init(initrd, binary, out):
     os.replace(out + ".new", out)
 
 
-def kinds_of(board, against):
-    """(kind, initramfs) to boot: ovl, the old revision's ovl, the baseline."""
+def kinds_of(board, against, steps=False):
+    """(kind, initramfs) to boot: ovl, the old revision's ovl, ovl with timings, the baseline."""
     img = os.path.join(CACHE, "images", board)
     kinds = [("ovl", os.path.join(img, "initramfs.img"))]
+    if steps:
+        binary = os.path.join(CACHE, "steps", f"{board}.ovl")
+        out = os.path.join(CACHE, "steps", f"{board}.initramfs.img")
+        with_init(kinds[0][1], binary, out)
+        kinds.append(("steps", out))
     if against:
         binary = os.path.join(CACHE, "against", against, f"{board}.ovl")
         out = os.path.join(CACHE, "against", against, f"{board}.initramfs.img")
@@ -150,11 +161,60 @@ def kinds_of(board, against):
     return kinds
 
 
-def run_board(board, n, against=None):
-    """Per kind: (first boot, medians of n later boots, init's size). The kinds boot in turn,
-    each on its own copy of the pristine storage."""
+# dmesg's timing lines, each printed at the start of a line after a mark, so that neither the
+# echo of the typed line (where the mark is not at a line's start) nor kmsg lines the console
+# shows itself are taken twice.
+SPANS_CMD = "dmesg | sed -n 's/.*preinit: timing: /OVLSPANS /p'"
+TIMING = re.compile(r"^\r?OVLSPANS (.*)$", re.M)
+
+
+def spans_of(text):
+    """The sub-step timings one boot logged, as [(label, µs)] in their order."""
+    spans = []
+    for m in TIMING.finditer(text):
+        for part in m.group(1).strip().split("; "):
+            label, _, us = part.rpartition("=")
+            if label and us.isdigit():
+                spans.append((label, int(us)))
+    return spans
+
+
+def span_medians(boots):
+    """Median µs per label over the boots, in the first boot's order; under each "[step]" its
+    "(rest)": the step's time that none of the spans before it (since the last step) covers. A
+    label starting with "- " is a part of the next span to end (src/timing.rs): shown indented
+    below it, and not counted twice."""
+    order, per = [], {}
+    for spans in boots:
+        for label, us in spans:
+            if label not in per:
+                order.append(label)
+                per[label] = []
+            per[label].append(us)
+    rows, inside, parts = [], [], []
+    for label in order:
+        med = statistics.median(per[label])
+        if label.startswith("- "):
+            parts.append(("      " + label[2:], med))
+            continue
+        if label.startswith("["):
+            rows.append((label, med))
+            rows.append(("  (rest)", med - sum(inside)))
+            inside = []
+        else:
+            rows.append(("  " + label, med))
+            inside.append(med)
+        rows += parts
+        parts = []
+    return rows
+
+
+def run_board(board, n, against=None, steps=False):
+    """Per kind: (first boot, medians of n later boots, init's size), and the sub-step rows of
+    the "steps" kind. The kinds boot in turn, each on its own copy of the pristine storage."""
     img = os.path.join(CACHE, "images", board)
-    kinds = kinds_of(board, against)
+    kinds = kinds_of(board, against, steps)
+    timings = []
     with tempfile.TemporaryDirectory(prefix="ovl-bench") as d:
         storage = {}
         for kind, _ in kinds:
@@ -163,13 +223,19 @@ def run_board(board, n, against=None):
         first, later = {}, {k: [] for k, _ in kinds}
         for i in range(n + 1):
             for kind, initrd in kinds:
-                m = measure(boot(board, storage[kind], initrd), kind == "baseline")
+                # The timings are in kmsg, which the console may not show at its log level.
+                line = (f"{SPANS_CMD}; dmesg -n 1; ovlctl status --json; sync; poweroff -f"
+                        if kind == "steps" else None)
+                text = boot(board, storage[kind], initrd, line=line)
+                m = measure(text, kind == "baseline")
                 if i == 0:
                     first[kind] = m
                 else:
                     later[kind].append(m)
+                    if kind == "steps":
+                        timings.append(spans_of(text))
     return {kind: (first[kind], [statistics.median(x[i] for x in later[kind]) for i in range(5)],
-                   init_size(initrd)) for kind, initrd in kinds}
+                   init_size(initrd)) for kind, initrd in kinds}, span_medians(timings)
 
 
 def status_of(text):
@@ -257,11 +323,13 @@ def main():
     ap.add_argument("boards", nargs="*", default=["qemu-aarch64-nor", "qemu-aarch64-nor-ubi", "qemu-x86_64-disk"])
     ap.add_argument("--no-reset", action="store_true", help="skip the factory reset figures")
     ap.add_argument("--against", metavar="REV", help="also boot REV's ovl (built by bench/boards.sh)")
+    ap.add_argument("--steps", action="store_true",
+                    help="also boot ovl built with sub-step timings (built by bench/boards.sh)")
     a = ap.parse_args()
     ms = lambda s: f"{s * 1000:6.0f} ms"
     for board in a.boards:
         print(f"\n{board}: medians of {a.boots} boots after the first (TCG, 2 cores)", flush=True)
-        r = run_board(board, a.boots, a.against)
+        r, rows = run_board(board, a.boots, a.against, a.steps)
         cols = ["kernel->preinit", "preinit->exec", "  without modules", "total to shell", "modules done->exec"]
         for kind, (first, _, _) in r.items():
             print(f"  {kind:9s} first boot: preinit->exec {ms(first[1]).strip()}, "
@@ -275,6 +343,11 @@ def main():
             print(row)
         print(f"  {'/init (bytes)':18s}" + "".join(f"  {k} {v[2]:9d}" for k, v in r.items() if k != "baseline")
               + ("  (baseline: a busybox shell script)" if "baseline" in r else ""))
+        if rows:
+            print(f"  sub-steps of the \"steps\" kind (medians of {a.boots} later boots, ms; "
+                  "[step] is the boot's own step time):")
+            for label, us in rows:
+                print(f"    {label:44s} {us / 1000:7.1f}")
     if not a.no_reset and "qemu-aarch64-nor" in a.boards:
         reset_figures()
     print("\nstatic binary size (stripped):")

@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # Board benchmark: builds the boards if needed, then boots each several times with ovl and
 # with the busybox-shell baseline and prints medians and the ovl/baseline ratio.
-# Usage: bench/boards.sh [--boots N] [--no-reset] [--against REV] [BOARD...]
+# Usage: bench/boards.sh [--boots N] [--no-reset] [--against REV] [--steps] [BOARD...]
 #   --against REV  also boots REV's ovl (git revision) in a copy of each board's initramfs,
 #                  built as REV's own qemu-arm/build.sh builds it, in a worktree of its own
 #                  under $CACHE/against/, and prints the ratio new/old.
+#   --steps        also boots this tree's ovl built with the cargo feature `timing`
+#                  (src/timing.rs) and prints the median of every sub-step it timed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OVL_STEP=bench
 . scripts/lib.sh
 need_root
 CACHE=${OVL_CACHE:-$PWD/.cache}
-boards=() against="" args=()
+boards=() against="" steps="" args=()
 while [ $# -gt 0 ]; do
     case $1 in
     --against) against=${2:?--against needs a revision}; shift 2 ;;
     --against=*) against=${1#--against=}; shift ;;
+    --steps) steps=1; args+=("$1"); shift ;;
     qemu-*) boards+=("$1"); args+=("$1"); shift ;;
     *) args+=("$1"); shift ;;
     esac
@@ -59,5 +62,22 @@ if [ -n "$against" ]; then
         against_ovl "$rev" "$b"
     done
     args+=(--against "$rev")
+fi
+# steps_ovl BOARD: this tree's device build with timings, as $CACHE/steps/BOARD.ovl.
+steps_ovl() {
+    mkdir -p "$CACHE/steps"
+    (
+        . scripts/device.sh
+        . qemu-arm/boards.sh
+        board_vars "$1" >/dev/null || die "no board $1"
+        OVL_DEVICE_FEATURES=timing device_build "$PWD" "$RUST_TARGET"
+        cp "$DEVICE_BIN" "$CACHE/steps/$1.ovl"
+    ) >&2 || die "building ovl with timings for $1 failed"
+}
+if [ -n "$steps" ]; then
+    for b in "${boards[@]}"; do
+        say "[$b] ovl with sub-step timings (--features timing)"
+        steps_ovl "$b"
+    done
 fi
 exec python3 bench/boards.py "${args[@]}"
