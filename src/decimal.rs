@@ -47,11 +47,12 @@ impl fmt::Display for Fixed {
 
 /// A duration in seconds with `places` decimals ("1.25").
 pub fn secs(d: Duration, places: u32) -> Fixed {
-    Fixed::ratio(
-        u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
-        1_000_000,
-        places,
-    )
+    Fixed::ratio(micros(d), 1_000_000, places)
+}
+
+/// Whole microseconds of `d`, saturating (Duration's own count is a u128).
+pub fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Whole milliseconds of `d`, for messages (Duration's own count is a u128).
@@ -118,6 +119,8 @@ mod tests {
         assert_eq!(Fixed::ratio(u64::MAX / 3, u64::MAX, 3).to_string(), "0.333");
         assert_eq!(Fixed::ratio(7, 1000, 2).to_string(), "0.01");
         assert_eq!(millis(Duration::from_micros(2999)), 2);
+        assert_eq!(micros(Duration::from_nanos(2999)), 2);
+        assert_eq!(micros(Duration::MAX), u64::MAX);
     }
 
     #[test]

@@ -64,7 +64,7 @@ struct Clock {
 impl Clock {
     fn lap(&mut self, step: &str) {
         let now = Instant::now();
-        let us = u64::try_from(now.duration_since(self.last).as_micros()).unwrap_or(u64::MAX);
+        let us = crate::decimal::micros(now.duration_since(self.last));
         self.state.add_step(step, us);
         #[cfg(feature = "timing")]
         crate::timing::push(&format!("[{step}]"), us);
@@ -861,7 +861,7 @@ fn dead_end(sys: &mut dyn Sys, opts: &Options, code: i32) -> i32 {
 /// Writes the state file into the run-time tmpfs: `/run` after the switch, else under the
 /// target, so that nothing outside the target is ever written.
 fn write_state(sys: &mut dyn Sys, layout: &Layout, clock: &mut Clock, switched: bool) {
-    clock.state.total_us = u64::try_from(clock.start.elapsed().as_micros()).unwrap_or(u64::MAX);
+    clock.state.total_us = crate::decimal::micros(clock.start.elapsed());
     clock.state.peak_rss_kib =
         nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
             .map(|u| u64::try_from(u.max_rss()).unwrap_or(0))

@@ -26,10 +26,7 @@ macro_rules! timed {
 /// alike.
 #[cfg(feature = "timing")]
 pub fn record(label: &str, since: std::time::Instant) {
-    push(
-        label,
-        u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX),
-    );
+    push(label, crate::decimal::micros(since.elapsed()));
 }
 
 /// Keeps a span measured elsewhere: a step of the boot's own timings (`preinit::Clock`) as
