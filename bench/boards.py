@@ -145,16 +145,17 @@ def kinds_of(board, against, steps=False):
     """(kind, initramfs) to boot: ovl, the old revision's ovl, ovl with timings, the baseline."""
     img = os.path.join(CACHE, "images", board)
     kinds = [("ovl", os.path.join(img, "initramfs.img"))]
+
+    def repacked(kind, d):
+        """ovl's initramfs with /init replaced by the board's binary built into `d`."""
+        out = os.path.join(d, f"{board}.initramfs.img")
+        with_init(kinds[0][1], os.path.join(d, f"{board}.ovl"), out)
+        kinds.append((kind, out))
+
     if steps:
-        binary = os.path.join(CACHE, "steps", f"{board}.ovl")
-        out = os.path.join(CACHE, "steps", f"{board}.initramfs.img")
-        with_init(kinds[0][1], binary, out)
-        kinds.append(("steps", out))
+        repacked("steps", os.path.join(CACHE, "steps"))
     if against:
-        binary = os.path.join(CACHE, "against", against, f"{board}.ovl")
-        out = os.path.join(CACHE, "against", against, f"{board}.initramfs.img")
-        with_init(kinds[0][1], binary, out)
-        kinds.append((against, out))
+        repacked(against, os.path.join(CACHE, "against", against))
     baseline = os.path.join(img, "initramfs-baseline.img")
     if os.path.exists(baseline):
         kinds.append(("baseline", baseline))

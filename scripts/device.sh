@@ -76,15 +76,18 @@ device_help_blob() {
 # OVL_DEVICE_FEATURES=LIST adds cargo features (`timing`, for bench/boards.sh --steps); such a
 # build goes to a target directory of its own, so that it never stands in for the shipped one.
 device_build() {
-    local repo=$1 target=$2 flags cache sc blob tdir=$DEVICE_TARGET_DIR features=()
+    local repo=$1 target=$2 flags cache sc blob tdir=$DEVICE_TARGET_DIR features=() tag
     cache=${OVL_CACHE:-$repo/.cache}
-    if [ -n "${OVL_DEVICE_FEATURES:-}" ]; then
+    # The features as a directory name's part: "timing,x y" is "timing-x-y".
+    tag=${OVL_DEVICE_FEATURES:-}
+    tag=${tag//[^a-z0-9_]/-}
+    if [ -n "$tag" ]; then
         features=(--features "$OVL_DEVICE_FEATURES")
-        tdir=$DEVICE_TARGET_DIR-${OVL_DEVICE_FEATURES//[^a-z0-9_]/-}
+        tdir=$DEVICE_TARGET_DIR-$tag
     fi
     if [ -n "${OVL_STABLE_DEVICE:-}" ]; then
         ensure_rust_target "$target"
-        tdir=target${features[*]:+/stable-${OVL_DEVICE_FEATURES//[^a-z0-9_]/-}}
+        tdir=target${tag:+/stable-$tag}
         (cd "$repo" && cargo build --quiet --release --target "$target" --bin ovl "${features[@]}" \
             --target-dir "$tdir") ||
             die "cargo build --target $target failed"
