@@ -51,7 +51,7 @@ as_root() {
     die "root privileges needed to run: $*"
   fi
 }
-is_installed() { dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q ' ok installed$'; }
+is_installed() { [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) == *" ok installed" ]]; }
 ensure_pkgs() {
   local p missing=()
   for p in "$@"; do is_installed "$p" || missing+=("$p"); done

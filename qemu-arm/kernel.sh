@@ -150,7 +150,7 @@ apt_update() {
   warn "apt-get update reported errors (exit $rc); continuing with the package lists apt has"
 }
 
-is_installed() { dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q ' ok installed$'; }
+is_installed() { [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) == *" ok installed" ]]; }
 
 ensure_pkgs() {
   local p missing=()
@@ -169,7 +169,7 @@ HOST_ARCH=$(dpkg --print-architecture 2>/dev/null) || die "dpkg not found: this 
 ensure_foreign_arch() {
   local a=$1
   [ "$a" = "$HOST_ARCH" ] && return 0
-  dpkg --print-foreign-architectures | grep -qx "$a" && return 0
+  grep -qx "$a" <<<"$(dpkg --print-foreign-architectures)" && return 0
   log "adding dpkg foreign architecture $a ..."
   as_root dpkg --add-architecture "$a"
   APT_UPDATED=0
@@ -578,8 +578,10 @@ pvh_boots() {
   o=$(timeout 120 qemu-system-x86_64 -M pc -accel tcg -m 256M -nographic -no-reboot \
     -kernel "$f" -append 'console=ttyS0 panic=-1' </dev/null 2>&1 || true)
   printf '%s\n' "$o" >>"$LOG"
-  printf '%s\n' "$o" | grep -q "Linux version $REL" &&
-    printf '%s\n' "$o" | grep -q 'Kernel panic - not syncing: VFS: Unable to mount root fs'
+  # Here-strings, not pipes: grep -q quits at its match, and a writer killed by SIGPIPE
+  # fails the pipeline under pipefail.
+  grep -q "Linux version $REL" <<<"$o" &&
+    grep -q 'Kernel panic - not syncing: VFS: Unable to mount root fs' <<<"$o"
 }
 
 build_arch() {
@@ -763,7 +765,7 @@ prune_debs() { # drop downloaded debs no prepared arch refers to any more
   keep=$(cat "$KDIR"/*/.debs 2>/dev/null | sort -u || true)
   for f in "$KDIR"/debs/*.deb; do
     [ -e "$f" ] || continue
-    printf '%s\n' "$keep" | grep -qxF "$(basename "$f")" || {
+    grep -qxF "$(basename "$f")" <<<"$keep" || {
       log "removing stale $(basename "$f")"
       rm -f "$f"
     }

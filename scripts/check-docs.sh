@@ -101,16 +101,18 @@ bash_complete() {
         "_$1" "$1" "${@: -1}" "${@: -2:1}" && printf "%s\n" "${COMPREPLY[@]}"' \
         bash "$out/bash-completion/completions/$name" "$name" "$@" 2>&1
 }
-# A file that parses could still complete nothing: try one word each.
-bash_complete ovlctl ovlctl check-b | grep -qx check-board ||
+# A file that parses could still complete nothing: try one word each. grep reads all of the
+# output (no -q): quitting at the first match would kill the writer with SIGPIPE, which
+# pipefail counts as a failure, now and then.
+bash_complete ovlctl ovlctl check-b | grep -x check-board >/dev/null ||
     bad "bash completion ovlctl: 'ovlctl check-b' does not complete to check-board"
-bash_complete firstboot firstboot --full | grep -qx -- --full-erase ||
+bash_complete firstboot firstboot --full | grep -x -- --full-erase >/dev/null ||
     bad "bash completion firstboot: 'firstboot --full' does not complete to --full-erase"
 fish -c "source $out/fish/vendor_completions.d/ovlctl.fish; complete -C 'ovlctl check-board --'" |
-    grep -q -- '^--json' ||
+    grep -- '^--json' >/dev/null ||
     bad "fish completion ovlctl.fish: 'ovlctl check-board --' does not offer --json"
 fish -c "source $out/fish/vendor_completions.d/sysupgrade.fish; complete -C 'sysupgrade -'" |
-    grep -q -- '^-T' ||
+    grep -- '^-T' >/dev/null ||
     bad "fish completion sysupgrade.fish: 'sysupgrade -' does not offer -T"
 
 [ "$failed" -eq 0 ] || die "$failed problems in the man pages or completions (above)"

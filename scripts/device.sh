@@ -21,12 +21,12 @@ DEVICE_RUSTFLAGS="-Zunstable-options -Cpanic=immediate-abort -Cforce-unwind-tabl
 -Cllvm-args=-inline-threshold=0 -Cllvm-args=-machine-outliner-reruns=3"
 
 ensure_nightly() {
-    if ! rustup toolchain list | grep -q '^nightly'; then
+    if ! grep -q '^nightly' <<<"$(rustup toolchain list)"; then
         say "installing the nightly toolchain (the device build rebuilds std with it)"
         rustup toolchain install nightly --profile minimal >/dev/null ||
             die "rustup toolchain install nightly failed"
     fi
-    rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src' || {
+    grep -q '^rust-src' <<<"$(rustup component list --toolchain nightly --installed 2>/dev/null)" || {
         say "adding rust-src to nightly (for -Zbuild-std)"
         rustup component add rust-src --toolchain nightly >/dev/null ||
             die "rustup component add rust-src --toolchain nightly failed"

@@ -18,7 +18,7 @@ ensure_packages() {
         if [ "$cmd" != "$spec" ]; then
             command -v "$cmd" >/dev/null 2>&1 && continue
         else
-            dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' && continue
+            [[ $(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null) == *"ok installed" ]] && continue
         fi
         missing+=("$pkg")
     done
@@ -40,7 +40,7 @@ ensure_rust() {
         rustup target add "$t" >/dev/null || die "rustup target add $t failed"
     done
     for c in rustfmt clippy; do
-        rustup component list --installed 2>/dev/null | grep -q "^$c" && continue
+        grep -q "^$c" <<<"$(rustup component list --installed 2>/dev/null)" && continue
         say "adding rust component $c"
         rustup component add "$c" >/dev/null || die "rustup component add $c failed"
     done
