@@ -112,7 +112,8 @@ pub enum Command {
     /// Not a reset: called `firstboot` as argv[0] the binary resets, as OpenWrt's firstboot does
     /// (firstboot(8)).
     ///
-    /// Exit status: 0 all scripts ran, 1 one failed (it runs again at the next boot), 2 an error.
+    /// Exit status: 0 all scripts ran, 1 one failed or was killed at --timeout (it runs again at
+    /// the next boot), 2 an error.
     Firstboot {
         /// The scripts' directory.
         #[arg(long, value_name = "DIR", default_value = crate::firstboot::SCRIPT_DIR)]
@@ -123,6 +124,10 @@ pub enum Command {
         /// Read this state file instead of /run/ovl/state.json.
         #[arg(long, value_name = "FILE")]
         state: Option<PathBuf>,
+        /// Kill a script still running after SECS seconds, with what it started; it counts as
+        /// failed. 0: no limit. At most 3600.
+        #[arg(long, value_name = "SECS", default_value = "300")]
+        timeout: String,
     },
     /// Write a backup of the configuration the keep list names
     ///

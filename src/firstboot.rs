@@ -11,9 +11,13 @@
 //!
 //! A script that fails does not keep the overlay pending: pending means "empty it at the next
 //! boot", and one broken script must not wipe the device at every boot.
+//!
+//! A script still running at the time limit is killed with everything it started (its
+//! process group) and counts as failed: one that hangs must not hold the boot forever. One
+//! that exits while a daemon it started keeps its output open is done when it exits.
 
 use anyhow::{Context, Result};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const SCRIPT_DIR: &str = "/etc/firstboot.d";
@@ -27,7 +31,14 @@ pub struct Opts {
     pub overlay: PathBuf,
     /// The state file; the overlay is set ready only on a persistent boot.
     pub state: Option<PathBuf>,
+    /// How long one script may run; `None`: no limit.
+    pub limit: Option<std::time::Duration>,
+    /// Log to /dev/kmsg beside the console.
+    pub kmsg: bool,
 }
+
+/// How much of a script's output is kept to be logged: the end of it.
+const OUTPUT_KEPT: usize = 64 << 10;
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Summary {
@@ -60,13 +71,15 @@ pub fn scripts(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-/// Runs one script with its stdout and stderr on one pipe; returns its exit code.
+/// Runs one script with its stdout and stderr on one pipe; returns its exit code, or `None`
+/// when it was still running at `limit` and is killed.
 fn run_script(
     path: &Path,
     name: &str,
     restored: bool,
+    limit: Option<std::time::Duration>,
     kmsg: &mut Option<std::fs::File>,
-) -> Result<i32> {
+) -> Result<Option<i32>> {
     let (r, w) = std::io::pipe().context("pipe")?;
     let argv = [String::from("/bin/sh"), path.display().to_string()];
     let env: &[(&str, &str)] = if restored {
@@ -82,22 +95,30 @@ fn run_script(
         root: None,
         stdout: crate::spawn::Output::Fd(w.try_clone().context("pipe")?.into()),
         stderr: crate::spawn::Output::Fd(w.into()),
+        group: true,
     })
     .with_context(|| format!("run /bin/sh {}", path.display()))?;
-    let mut out = Vec::new();
-    let _ = std::fs::File::from(std::os::fd::OwnedFd::from(r)).read_to_end(&mut out);
-    let status = crate::spawn::wait(pid).with_context(|| format!("wait for {name}"))?;
+    let (how, out) = crate::spawn::wait_reading(pid, r.into(), limit, OUTPUT_KEPT)
+        .with_context(|| format!("wait for {name}"))?;
     for line in String::from_utf8_lossy(&out).lines() {
         say(kmsg, 6, &format!("{name}: {line}"));
     }
-    Ok(status.code())
+    Ok(match how {
+        crate::spawn::Waited::Done(status) => Some(status.code()),
+        crate::spawn::Waited::Killed => None,
+    })
 }
 
 pub fn run(o: &Opts) -> Result<Summary> {
-    let mut kmsg = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/kmsg")
-        .ok();
+    let mut kmsg = o
+        .kmsg
+        .then(|| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/kmsg")
+                .ok()
+        })
+        .flatten();
     let mut sum = Summary::default();
     let start = std::time::Instant::now();
     let state = crate::status::read_state(o.state.as_deref()).ok();
@@ -109,25 +130,30 @@ pub fn run(o: &Opts) -> Result<Summary> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let code = match run_script(&path, &name, restored, &mut kmsg) {
-            Ok(c) => c,
-            Err(e) => {
-                say(&mut kmsg, 3, &format!("{name}: {e:#}"));
-                127
-            }
+        let failure = match run_script(&path, &name, restored, o.limit, &mut kmsg) {
+            Ok(Some(0)) => None,
+            Ok(Some(code)) => Some(format!("exited {code}")),
+            Ok(None) => Some(format!(
+                "still running after {} s: killed",
+                o.limit.map_or(0, |l| l.as_secs())
+            )),
+            Err(e) => Some(format!("{e:#}")),
         };
-        if code == 0 {
-            std::fs::remove_file(&path)
-                .with_context(|| format!("remove {} after it ran", path.display()))?;
-            say(&mut kmsg, 6, &format!("{name}: done, removed"));
-            sum.ran.push(name);
-        } else {
-            say(
-                &mut kmsg,
-                4,
-                &format!("{name}: exited {code}; kept, to run again on the next boot"),
-            );
-            sum.failed.push(name);
+        match failure {
+            None => {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("remove {} after it ran", path.display()))?;
+                say(&mut kmsg, 6, &format!("{name}: done, removed"));
+                sum.ran.push(name);
+            }
+            Some(why) => {
+                say(
+                    &mut kmsg,
+                    4,
+                    &format!("{name}: {why}; kept, to run again on the next boot"),
+                );
+                sum.failed.push(name);
+            }
         }
     }
     let persistent = state.is_some_and(|s| s.mode.as_str() == "persistent");
@@ -159,4 +185,92 @@ pub fn run(o: &Opts) -> Result<Summary> {
         }
     }
     Ok(sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn opts(dir: &Path, limit: Option<Duration>) -> Opts {
+        Opts {
+            dir: dir.to_path_buf(),
+            overlay: dir.join("no-overlay"),
+            state: Some(dir.join("no-state")),
+            limit,
+            kmsg: false,
+        }
+    }
+
+    /// A temporary directory with an empty scripts' directory in it.
+    fn scripts_dir() -> (tempfile::TempDir, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let fb = t.path().join("firstboot.d");
+        std::fs::create_dir(&fb).unwrap();
+        (t, fb)
+    }
+
+    fn script(dir: &Path, name: &str, body: &str) {
+        std::fs::write(dir.join(name), body).unwrap();
+    }
+
+    fn pid_in(file: &Path) -> nix::unistd::Pid {
+        let text = std::fs::read_to_string(file).unwrap();
+        nix::unistd::Pid::from_raw(text.trim().parse().unwrap())
+    }
+
+    /// Alive and not a zombie waiting for its reaper.
+    fn running(pid: nix::unistd::Pid) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    }
+
+    #[test]
+    fn a_hanging_script_is_killed_with_what_it_started_and_kept() {
+        let (t, fb) = scripts_dir();
+        let child = t.path().join("child");
+        script(
+            &fb,
+            "10-hangs",
+            &format!("sleep 100 & echo $! > {}; wait", child.display()),
+        );
+        script(&fb, "20-ok", "echo fine");
+        let sum = run(&opts(&fb, Some(Duration::from_millis(1500)))).unwrap();
+        assert_eq!(sum.failed, ["10-hangs"]);
+        assert_eq!(sum.ran, ["20-ok"]);
+        assert!(fb.join("10-hangs").exists());
+        assert!(!fb.join("20-ok").exists());
+        // The group went with it: what the script started does not outlive the kill. Its
+        // reaper (init) may take a moment.
+        let pid = pid_in(&child);
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            !running(pid)
+        });
+        assert!(gone, "the script's child {pid} survived the kill");
+    }
+
+    #[test]
+    fn a_script_is_done_when_it_exits_even_if_a_daemon_holds_its_output() {
+        let (t, fb) = scripts_dir();
+        let daemon = t.path().join("daemon");
+        // The daemon keeps the script's stdout (the pipe) open, in the script's group.
+        script(
+            &fb,
+            "10-starts-daemon",
+            &format!("sleep 100 & echo $! > {}; exit 0", daemon.display()),
+        );
+        let sum = run(&opts(&fb, None)).unwrap();
+        let pid = pid_in(&daemon);
+        let alive = running(pid);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        assert_eq!(sum.ran, ["10-starts-daemon"]);
+        assert!(sum.failed.is_empty());
+        assert!(alive, "run waited for the daemon {pid} to end");
+    }
 }

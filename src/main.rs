@@ -74,10 +74,7 @@ fn reset(a: ovl::cli::ResetArgs) -> ExitCode {
     };
     match ovl::reset::run(&o) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ovlctl: reset: {e:#}");
-            ExitCode::from(2)
-        }
+        Err(e) => failed("reset", &e),
     }
 }
 
@@ -117,10 +114,7 @@ fn backup(a: ovl::cli::BackupArgs) -> ExitCode {
                 }
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("ovlctl: backup: {e:#}");
-                ExitCode::from(2)
-            }
+            Err(e) => failed("backup", &e),
         };
     }
     match ovl::backup::run(&o) {
@@ -139,10 +133,7 @@ fn backup(a: ovl::cli::BackupArgs) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("ovlctl: backup: {e:#}");
-            ExitCode::from(2)
-        }
+        Err(e) => failed("backup", &e),
     }
 }
 
@@ -160,10 +151,7 @@ fn restore(a: ovl::cli::RestoreArgs) -> ExitCode {
                 );
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("ovlctl: restore: {e:#}");
-                ExitCode::from(2)
-            }
+            Err(e) => failed("restore", &e),
         };
     };
     let o = ovl::restore::Opts {
@@ -198,10 +186,7 @@ fn restore(a: ovl::cli::RestoreArgs) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("ovlctl: restore: {e:#}");
-            ExitCode::from(2)
-        }
+        Err(e) => failed("restore", &e),
     }
 }
 
@@ -236,10 +221,7 @@ fn sysupgrade(a: ovl::cli::SysupgradeArgs) -> ExitCode {
     };
     match ovl::upgrade::run(&o) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ovlctl: sysupgrade: {e:#}");
-            ExitCode::from(2)
-        }
+        Err(e) => failed("sysupgrade", &e),
     }
 }
 
@@ -291,11 +273,14 @@ fn mkimage(rom: &Path, out: &Path, boards: &[String], release: &str, compat: &st
             eprintln!("ovlctl: mkimage: {} ({n} bytes)", out.display());
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("ovlctl: mkimage: {e:#}");
-            ExitCode::from(2)
-        }
+        Err(e) => failed("mkimage", &e),
     }
+}
+
+/// Says why a command failed, as every command does: "ovlctl: CMD: reason: cause", status 2.
+fn failed(cmd: &str, e: &anyhow::Error) -> ExitCode {
+    eprintln!("ovlctl: {cmd}: {e:#}");
+    ExitCode::from(2)
 }
 
 fn main() -> ExitCode {
@@ -385,10 +370,7 @@ fn main() -> ExitCode {
                     }
                     ExitCode::from(s.exit_code() as u8)
                 }
-                Err(e) => {
-                    eprintln!("ovlctl: status: {e:#}");
-                    ExitCode::from(2)
-                }
+                Err(e) => failed("status", &e),
             }
         }
         Command::Reset(a) => {
@@ -399,20 +381,24 @@ fn main() -> ExitCode {
             dir,
             overlay,
             state,
+            timeout,
         } => {
+            let Some(timeout) = ovl::decimal::parse_seconds(&timeout) else {
+                eprintln!("ovlctl: firstboot: --timeout {timeout:?}: not a number of seconds");
+                return ExitCode::from(2);
+            };
             ovl::klog::init("ovlctl");
             let o = ovl::firstboot::Opts {
                 dir,
                 overlay,
                 state,
+                limit: Some(timeout).filter(|t| !t.is_zero()),
+                kmsg: true,
             };
             match ovl::firstboot::run(&o) {
                 Ok(s) if s.failed.is_empty() => ExitCode::SUCCESS,
                 Ok(_) => ExitCode::from(1),
-                Err(e) => {
-                    eprintln!("ovlctl: firstboot: {e:#}");
-                    ExitCode::from(2)
-                }
+                Err(e) => failed("firstboot", &e),
             }
         }
         Command::Backup(a) => {
@@ -431,10 +417,7 @@ fn main() -> ExitCode {
             ovl::klog::init("ovlctl");
             match ovl::upgrade::keep_only(&keep_opts(k)) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("ovlctl: sysupgrade-keep: {e:#}");
-                    ExitCode::from(2)
-                }
+                Err(e) => failed("sysupgrade-keep", &e),
             }
         }
         Command::Mkimage {

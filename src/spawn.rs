@@ -38,6 +38,8 @@ pub struct Spec<'a> {
     pub root: Option<&'a Path>,
     pub stdout: Output,
     pub stderr: Output,
+    /// A process group of its own, so that a kill at a deadline takes what it started too.
+    pub group: bool,
 }
 
 /// How a child ended, worded as `std::process::ExitStatus` words it.
@@ -162,6 +164,9 @@ pub fn spawn(spec: Spec<'_>) -> std::io::Result<Pid> {
             libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
             // Rust ignores SIGPIPE; the programs it starts expect the default.
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            if spec.group {
+                libc::setpgid(0, 0);
+            }
             if libc::dup2(null.as_raw_fd(), 0) < 0
                 || libc::dup2(out_fd, 1) < 0
                 || libc::dup2(err_fd, 2) < 0
@@ -237,19 +242,20 @@ pub fn wait(pid: Pid) -> std::io::Result<Status> {
 /// How `wait_reading` ended.
 pub enum Waited {
     Done(Status),
-    /// Still running at the deadline: killed and reaped.
+    /// Still running at the deadline: killed (with its process group) and reaped.
     Killed,
 }
 
-/// Waits up to `limit` for the child while reading `pipe` (its output), so a chatty program
-/// cannot fill the pipe and stall; keeps the last `keep` bytes of what it read.
+/// Waits up to `limit` (`None`: no limit) for the child while reading `pipe` (its output), so a
+/// chatty program cannot fill the pipe and stall; keeps the last `keep` bytes of what it read.
+/// It returns when the child exits, even while something the child started holds the pipe.
 pub fn wait_reading(
     pid: Pid,
     pipe: OwnedFd,
-    limit: Duration,
+    limit: Option<Duration>,
     keep: usize,
 ) -> std::io::Result<(Waited, Vec<u8>)> {
-    let deadline = Instant::now() + limit;
+    let deadline = limit.and_then(|l| Instant::now().checked_add(l));
     let mut out: Vec<u8> = Vec::new();
     let mut open = true;
     let mut f = std::fs::File::from(pipe);
@@ -277,7 +283,9 @@ pub fn wait_reading(
             Err(e) if !open => return Err(e.into()),
             Err(_) => {}
         }
-        if Instant::now() >= deadline {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            // The group exists when the child made one (Spec::group); else this finds none.
+            let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
             let _ = kill(pid, Signal::SIGKILL);
             let _ = wait(pid);
             return Ok((Waited::Killed, out));
@@ -344,6 +352,7 @@ mod tests {
             root: None,
             stdout: Output::Null,
             stderr,
+            group: false,
         }
     }
 
@@ -352,7 +361,7 @@ mod tests {
         let a = argv(&["sh", "-c", "echo hello >&2; exit 7"]);
         let (r, w) = std::io::pipe().unwrap();
         let pid = spawn(spec(&a, Output::Fd(w.into()))).unwrap();
-        let (how, out) = wait_reading(pid, r.into(), Duration::from_secs(20), 100).unwrap();
+        let (how, out) = wait_reading(pid, r.into(), Some(Duration::from_secs(20)), 100).unwrap();
         assert!(matches!(how, Waited::Done(Status::Exited(7))));
         assert_eq!(out, b"hello\n");
         assert_eq!(Status::Exited(7).to_string(), "exit status: 7");
@@ -376,7 +385,7 @@ mod tests {
         let mut s = spec(&a, Output::Fd(w.into()));
         s.env = &[("OVL_X", "1")];
         let pid = spawn(s).unwrap();
-        let (_, out) = wait_reading(pid, r.into(), Duration::from_secs(20), 100).unwrap();
+        let (_, out) = wait_reading(pid, r.into(), Some(Duration::from_secs(20)), 100).unwrap();
         assert_eq!(out, b"1-\n");
     }
 
@@ -390,7 +399,7 @@ mod tests {
         let (r, w) = std::io::pipe().unwrap();
         let pid = spawn(spec(&a, Output::Fd(w.into()))).unwrap();
         let t = Instant::now();
-        let (how, out) = wait_reading(pid, r.into(), Duration::from_millis(1500), 8).unwrap();
+        let (how, out) = wait_reading(pid, r.into(), Some(Duration::from_millis(1500)), 8).unwrap();
         assert!(matches!(how, Waited::Killed));
         assert!(t.elapsed() < Duration::from_secs(10));
         assert_eq!(out, b"line499\n");

@@ -170,11 +170,13 @@ impl Sys for Real {
             root,
             stdout: Output::Null,
             stderr: Output::Fd(w.into()),
+            group: false,
         })
         .map_err(|e| SysError::new(what.clone(), io_errno(&e)))?;
         // stderr is read beside the wait, so a chatty program cannot fill the pipe and stall.
-        let (how, stderr) = crate::spawn::wait_reading(pid, r.into(), self.run_timeout, 64 << 10)
-            .map_err(|e| SysError::new(what.clone(), io_errno(&e)))?;
+        let (how, stderr) =
+            crate::spawn::wait_reading(pid, r.into(), Some(self.run_timeout), 64 << 10)
+                .map_err(|e| SysError::new(what.clone(), io_errno(&e)))?;
         let status = match how {
             Waited::Done(s) if s.success() => return Ok(()),
             Waited::Done(s) => s,
