@@ -5,7 +5,8 @@
 # $CACHE/run/BOARD, made from the pristine image on first use), so what the guest writes stays
 # for the next boot.
 #   --append WORDS  more kernel command line (ovl.failsafe, ovl.volatile, ...)
-#   --no-data       the board without its writable partition (NOR: mtdparts without it)
+#   --no-data       the board without its writable partition (JFFS2 NOR boards only: mtdparts
+#                   without it; the others refuse it)
 #   --initrd FILE   another initramfs (the benchmark's busybox baseline)
 #   --disk FILE     a second, read-only disk (virtio-blk): /dev/vdb on x86, /dev/vda on NOR
 #                   boards once the ROM's virtio modules are loaded (an upgrade stick)
@@ -31,6 +32,10 @@ while [ $# -gt 0 ]; do
     *) die "unknown option $1" ;;
     esac
 done
+# Only the JFFS2 NOR boards can hide their writable partition (leave it out of mtdparts); on
+# the others it is a UBI volume or a partition of the disk, so say so rather than boot with it.
+[ $no_data = 0 ] || [ "$STORAGE" = nor ] ||
+    die "--no-data: board $BOARD keeps its writable partition in ${STORAGE/nor-/} storage; only the JFFS2 NOR boards (qemu-aarch64-nor, qemu-armv7-nor) can boot without it"
 img=$CACHE/images/$BOARD
 [ -f "$img/initramfs.img" ] || die "board $BOARD is not built: run qemu-arm/build.sh $BOARD"
 [ -n "$initrd" ] || initrd=$img/initramfs.img
