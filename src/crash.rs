@@ -183,14 +183,18 @@ pub fn crashed(sig: u32) -> ! {
         .copied()
         .unwrap_or("start");
     let again = AGAIN.load(Ordering::SeqCst);
-    let mut line = Line::new();
-    line.push(b"preinit: BUG: crashed (");
+    // "panic" or "signal 4": in the line and, for the second run, in OVL_CRASHED.
+    let mut cause = Line::new();
     if sig == 0 {
-        line.push(b"panic");
+        cause.push(b"panic");
     } else {
-        line.push(b"signal ").num(sig);
+        cause.push(b"signal ").num(sig);
     }
-    line.push(b") after step ").push(step.as_bytes());
+    let mut line = Line::new();
+    line.push(b"preinit: BUG: crashed (")
+        .push(cause.bytes())
+        .push(b") after step ")
+        .push(step.as_bytes());
     // SAFETY: `again` was leaked by install and is never freed or written after.
     let again = unsafe { again.as_mut() };
     match again {
@@ -198,13 +202,12 @@ pub fn crashed(sig: u32) -> ! {
             line.push(b"; starting again on tmpfs\n");
             say(line.bytes());
             let mut env = Line::new();
-            env.push(ENV.as_bytes()).push(b"=");
-            if sig == 0 {
-                env.push(b"panic");
-            } else {
-                env.push(b"signal ").num(sig);
-            }
-            env.push(b" after step ").push(step.as_bytes()).push(b"\0");
+            env.push(ENV.as_bytes())
+                .push(b"=")
+                .push(cause.bytes())
+                .push(b" after step ")
+                .push(step.as_bytes())
+                .push(b"\0");
             let slot = a.envp.len().saturating_sub(2);
             if let Some(p) = a.envp.get_mut(slot) {
                 *p = env.buf.as_ptr().cast();
