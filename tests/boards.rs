@@ -539,8 +539,22 @@ fn crashing_preinit_boots_on_tmpfs(board: &'static str, nor: bool) {
     let mut g = s.boot(3, &["--append", "ovl.test.crash=upper"]);
     assert_tmpfs(&mut g, "tmpfs", "preinit crashed in its first attempt");
     g.poweroff();
+    // With the overlay built, not yet switched into: its files do not show either.
+    let mut g = s.boot(4, &["--append", "ovl.test.crash=root"]);
+    assert_tmpfs(&mut g, "tmpfs", "preinit crashed in its first attempt");
+    let (code, _) = g.sh("test -e /etc/before");
+    assert_ne!(
+        code, 0,
+        "the crash after root showed the writable partition's files"
+    );
+    g.poweroff();
+    // After the switch the tmpfs overlay stacks on the root already built (README, "When
+    // preinit itself crashes"): the weaker case, but a writable root all the same.
+    let mut g = s.boot(5, &["--append", "ovl.test.crash=switch"]);
+    assert_tmpfs(&mut g, "tmpfs", "preinit crashed in its first attempt");
+    g.poweroff();
     // And the next normal boot is persistent again, with the files of before.
-    let mut g = s.boot(4, &[]);
+    let mut g = s.boot(6, &[]);
     assert_eq!(g.status()["mode"], "persistent");
     g.run("grep -q before /etc/before");
     g.poweroff();
