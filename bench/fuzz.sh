@@ -10,10 +10,7 @@ OVL_STEP=fuzz
 secs=${1:?usage: bench/fuzz.sh SECONDS [TARGET...]}
 shift
 
-if ! rustup toolchain list | grep -q '^nightly'; then
-    say "installing the nightly toolchain (cargo-fuzz needs it)"
-    rustup toolchain install nightly --profile minimal >/dev/null || die "rustup toolchain install nightly failed"
-fi
+ensure_nightly
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
     say "installing cargo-fuzz"
     cargo install cargo-fuzz --locked --quiet || die "cargo install cargo-fuzz failed"
@@ -21,9 +18,9 @@ fi
 
 cd fuzz
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo +nightly fuzz list)
+[ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo "+$NIGHTLY" fuzz list)
 say "building ${#targets[@]} targets"
-cargo +nightly fuzz build --release >/dev/null 2>&1 || cargo +nightly fuzz build --release
+cargo "+$NIGHTLY" fuzz build --release >/dev/null 2>&1 || cargo "+$NIGHTLY" fuzz build --release
 
 work=$(mktemp -d /tmp/ovl-fuzz.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -36,7 +33,7 @@ for t in "${targets[@]}"; do
     [ -d "seeds/$t" ] && cp -r "seeds/$t/." "$corpus/"
     log=$work/$t.log
     rc=0
-    cargo +nightly fuzz run --release "$t" "$corpus" -- \
+    cargo "+$NIGHTLY" fuzz run --release "$t" "$corpus" -- \
         -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 -print_final_stats=1 \
         -artifact_prefix="artifacts/$t/" >"$log" 2>&1 || rc=$?
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)

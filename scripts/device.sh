@@ -20,19 +20,6 @@ DEVICE_RUSTFLAGS="-Zunstable-options -Cpanic=immediate-abort -Cforce-unwind-tabl
 -Crelocation-model=static -Zlocation-detail=none -Zfmt-debug=none -Ctarget-feature=+crt-static \
 -Cllvm-args=-inline-threshold=0 -Cllvm-args=-machine-outliner-reruns=3"
 
-ensure_nightly() {
-    if ! grep -q '^nightly' <<<"$(rustup toolchain list)"; then
-        say "installing the nightly toolchain (the device build rebuilds std with it)"
-        rustup toolchain install nightly --profile minimal >/dev/null ||
-            die "rustup toolchain install nightly failed"
-    fi
-    grep -q '^rust-src' <<<"$(rustup component list --toolchain nightly --installed 2>/dev/null)" || {
-        say "adding rust-src to nightly (for -Zbuild-std)"
-        rustup component add rust-src --toolchain nightly >/dev/null ||
-            die "rustup component add rust-src --toolchain nightly failed"
-    }
-}
-
 # ensure_zig CACHE: zig from PyPI's ziglang wheel, under CACHE/zig; prints the linker wrapper.
 ensure_zig() {
     local dir=$1/zig-$ZIG_VERSION
@@ -94,7 +81,7 @@ device_build() {
         DEVICE_BIN=$repo/$tdir/$target/release/ovl
         return
     fi
-    ensure_nightly
+    ensure_nightly rust-src
     flags=$DEVICE_RUSTFLAGS
     case $target in
     aarch64-unknown-linux-musl | x86_64-unknown-linux-musl)
@@ -121,10 +108,10 @@ device_build() {
     device_help_blob "$repo" "$blob.new"
     if cmp -s "$blob.new" "$blob"; then rm -f "$blob.new"; else mv "$blob.new" "$blob"; fi
     (cd "$repo" && OVL_HELP_BLOB=$blob RUSTFLAGS=$flags \
-        cargo +nightly build --quiet --release --target "$target" \
+        cargo "+$NIGHTLY" build --quiet --release --target "$target" \
         --bin ovl --no-default-features "${features[@]}" -Zbuild-std=std,panic_abort \
         -Zbuild-std-features=optimize_for_size --target-dir "$tdir") ||
-        die "device build for $target failed (nightly -Zbuild-std; OVL_STABLE_DEVICE=1 builds with stable)"
+        die "device build for $target failed ($NIGHTLY -Zbuild-std; OVL_STABLE_DEVICE=1 builds with stable)"
     DEVICE_BIN=$repo/$tdir/$target/release/ovl
 }
 

@@ -46,6 +46,26 @@ ensure_rust() {
     done
 }
 
+# The nightly the device build and the fuzz targets use, pinned: the sizes and timings in
+# README.md were measured with it, and a later nightly may change -Zbuild-std or break it.
+NIGHTLY=nightly-2026-05-20
+
+# ensure_nightly [COMPONENT...]: $NIGHTLY and the components named, installed if missing.
+ensure_nightly() {
+    local c
+    if ! rustup run "$NIGHTLY" rustc -V >/dev/null 2>&1; then
+        say "installing the $NIGHTLY toolchain"
+        rustup toolchain install "$NIGHTLY" --profile minimal >/dev/null ||
+            die "rustup toolchain install $NIGHTLY failed"
+    fi
+    for c in "$@"; do
+        grep -q "^$c" <<<"$(rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null)" && continue
+        say "adding $c to $NIGHTLY"
+        rustup component add "$c" --toolchain "$NIGHTLY" >/dev/null ||
+            die "rustup component add $c --toolchain $NIGHTLY failed"
+    done
+}
+
 # The host-side tools the privileged tests and image builders use.
 ensure_host_tools() {
     ensure_packages squashfs-tools:mksquashfs e2fsprogs:mkfs.ext4 util-linux:losetup \
