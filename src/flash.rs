@@ -62,11 +62,7 @@ impl Target {
                 let mut n: u64 = 0;
                 // SAFETY: BLKGETSIZE64 writes one u64.
                 unsafe { blk_get_size64(f.as_raw_fd(), &mut n) }.map_err(|e| {
-                    anyhow::anyhow!(
-                        "BLKGETSIZE64 on {}: {}",
-                        p.display(),
-                        crate::sys::errno_text(e)
-                    )
+                    crate::sys::errno_error(format_args!("BLKGETSIZE64 on {}", p.display()), e)
                 })?;
                 Ok(n)
             }

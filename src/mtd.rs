@@ -376,7 +376,7 @@ pub struct Writer {
 impl Writer {
     pub fn open(path: &Path) -> anyhow::Result<Writer> {
         let dev = open(path).map_err(|(what, e)| {
-            anyhow::anyhow!("{}: {what}: {}", path.display(), crate::sys::errno_text(e))
+            crate::sys::errno_error(format_args!("{}: {what}", path.display()), e)
         })?;
         Ok(Writer {
             dev,
@@ -385,11 +385,7 @@ impl Writer {
     }
 
     fn err(&self, (what, e): (String, Errno)) -> anyhow::Error {
-        anyhow::anyhow!(
-            "{}: {what}: {}",
-            self.path.display(),
-            crate::sys::errno_text(e)
-        )
+        crate::sys::errno_error(format_args!("{}: {what}", self.path.display()), e)
     }
 
     pub fn good_bytes(&mut self) -> anyhow::Result<u64> {

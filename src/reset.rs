@@ -17,7 +17,7 @@
 use crate::overlay::{self, FirstBoot, Record};
 use crate::probe::magic::{self, Content};
 use crate::status::{self, MountInfo};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -310,11 +310,7 @@ pub fn run(o: &Opts) -> Result<()> {
                 &mut || println!("erasing {}", char_dev.display()),
             )
             .map_err(|(w, e)| {
-                anyhow!(
-                    "reset {}: {w}: {}",
-                    char_dev.display(),
-                    crate::sys::errno_text(e)
-                )
+                crate::sys::errno_error(format_args!("reset {}: {w}", char_dev.display()), e)
             })?;
             println!(
                 "{} in {} s",
@@ -328,11 +324,7 @@ pub fn run(o: &Opts) -> Result<()> {
         }
         Partition::TruncateUbi { dev } => {
             crate::ubi::update(dev, &[], &mut |_, _| {}).map_err(|e| {
-                anyhow!(
-                    "empty {}: UBI_IOCVOLUP: {}",
-                    dev.display(),
-                    crate::sys::errno_text(e)
-                )
+                crate::sys::errno_error(format_args!("empty {}: UBI_IOCVOLUP", dev.display()), e)
             })?;
             println!(
                 "emptied the UBI volume {} in {} s: the next boot formats it as UBIFS",
@@ -351,7 +343,7 @@ pub fn run(o: &Opts) -> Result<()> {
         println!("rebooting");
         std::thread::sleep(std::time::Duration::from_secs(1));
         nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT)
-            .map_err(|e| anyhow!("reboot: {}", crate::sys::errno_text(e)))?;
+            .map_err(|e| crate::sys::errno_error(format_args!("reboot"), e))?;
     }
     Ok(())
 }

@@ -126,10 +126,7 @@ fn write_lebs(
     for (i, chunk) in data.chunks(leb).enumerate() {
         let lnum = first + u32::try_from(i).context("LEB number")?;
         crate::ubi::leb_change(f, lnum, chunk).map_err(|e| {
-            anyhow::anyhow!(
-                "{what}: UBI_IOCEBCH of LEB {lnum}: {}",
-                crate::sys::errno_text(e)
-            )
+            crate::sys::errno_error(format_args!("{what}: UBI_IOCEBCH of LEB {lnum}"), e)
         })?;
         done += chunk.len() as u64;
         progress(done, data.len() as u64);
@@ -154,10 +151,7 @@ fn direct_write_lebs(
     for (i, chunk) in data.chunks(leb).enumerate() {
         let lnum = first + u32::try_from(i).context("LEB number")?;
         crate::ubi::leb_unmap(f, lnum).map_err(|e| {
-            anyhow::anyhow!(
-                "{what}: UBI_IOCEBUNMAP of LEB {lnum}: {}",
-                crate::sys::errno_text(e)
-            )
+            crate::sys::errno_error(format_args!("{what}: UBI_IOCEBUNMAP of LEB {lnum}"), e)
         })?;
         let mut buf = chunk.to_vec();
         buf.resize(chunk.len().div_ceil(min_io.max(1)) * min_io.max(1), 0xff);
@@ -191,12 +185,9 @@ pub fn stage(
         );
     };
     let f = crate::ubi::open_volume(vol_dev)
-        .map_err(|e| anyhow::anyhow!("open {name}: {}", crate::sys::errno_text(e)))?;
+        .map_err(|e| crate::sys::errno_error(format_args!("open {name}"), e))?;
     crate::ubi::direct_writes(&f).map_err(|e| {
-        anyhow::anyhow!(
-            "{name}: UBI_IOCSETVOLPROP (direct writes): {}",
-            crate::sys::errno_text(e)
-        )
+        crate::sys::errno_error(format_args!("{name}: UBI_IOCSETVOLPROP (direct writes)"), e)
     })?;
     direct_write_lebs(&f, g, start, image, min_io, &name, progress)?;
     let back =
@@ -219,12 +210,8 @@ pub fn stage(
 /// Zeroes the header by an atomic LEB change (an unmap could bring the old header back after
 /// an unclean shutdown; it would only copy the same ROM again, but zeroes say it plainly).
 fn retire(f: &mut std::fs::File, g: Geometry, name: &str) -> Result<()> {
-    crate::ubi::leb_change(f, g.lebs - 1, &[0u8; HEADER_LEN]).map_err(|e| {
-        anyhow::anyhow!(
-            "{name}: retire the stage header: {}",
-            crate::sys::errno_text(e)
-        )
-    })
+    crate::ubi::leb_change(f, g.lebs - 1, &[0u8; HEADER_LEN])
+        .map_err(|e| crate::sys::errno_error(format_args!("{name}: retire the stage header"), e))
 }
 
 /// preinit, before the ROM volume is opened: finishes a staged ROM (see the module notes).
@@ -253,7 +240,7 @@ pub fn finish(vol_dev: &Path, g: Geometry) -> Result<Option<String>> {
     };
     drop(f);
     let mut f = crate::ubi::open_volume(vol_dev)
-        .map_err(|e| anyhow::anyhow!("open {name}: {}", crate::sys::errno_text(e)))?;
+        .map_err(|e| crate::sys::errno_error(format_args!("open {name}"), e))?;
     if !fits || crate::crc32::hash(&staged) != crc {
         // Not a copy this code wrote whole: retire the header, keep the running ROM.
         retire(&mut f, g, &name)?;

@@ -635,7 +635,7 @@ pub fn run(o: &Opts) -> Result<()> {
     }
     println!("rebooting");
     nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT)
-        .map_err(|e| anyhow::anyhow!("reboot: {}", crate::sys::errno_text(e)))?;
+        .map_err(|e| crate::sys::errno_error(format_args!("reboot"), e))?;
     Ok(())
 }
 

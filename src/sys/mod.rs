@@ -79,6 +79,12 @@ pub fn errno_text(e: Errno) -> String {
     }
 }
 
+/// The commands' error for a failed system call: `WHAT: TEXT` ("open /dev/ubi0_1: No such
+/// device"). One function, so that each caller builds only its WHAT.
+pub fn errno_error(what: std::fmt::Arguments<'_>, e: Errno) -> anyhow::Error {
+    anyhow::anyhow!("{what}: {}", errno_text(e))
+}
+
 /// The symbol of the errnos that mounts, flash and files meet; others by number.
 pub fn errno_name(e: Errno) -> std::borrow::Cow<'static, str> {
     use Errno::*;
