@@ -112,8 +112,11 @@ pub enum Command {
     /// Not a reset: called `firstboot` as argv[0] the binary resets, as OpenWrt's firstboot does
     /// (firstboot(8)).
     ///
+    /// A SIGINT, SIGTERM or SIGHUP (Ctrl-C; init's shutdown) kills the running script with what
+    /// it started, as --timeout does; no further script runs and the first boot stays pending.
+    ///
     /// Exit status: 0 all scripts ran, 1 one failed or was killed at --timeout (it runs again at
-    /// the next boot), 2 an error.
+    /// the next boot), 2 an error or a signal.
     Firstboot {
         /// The scripts' directory.
         #[arg(long, value_name = "DIR", default_value = crate::firstboot::SCRIPT_DIR)]

@@ -14,7 +14,9 @@
 //!
 //! A script still running at the time limit is killed with everything it started (its
 //! process group) and counts as failed: one that hangs must not hold the boot forever. One
-//! that exits while a daemon it started keeps its output open is done when it exits.
+//! that exits while a daemon it started keeps its output open is done when it exits. A
+//! SIGINT, SIGTERM or SIGHUP to `ovlctl firstboot` (Ctrl-C; init's shutdown) kills the running
+//! script the same way (it counts as failed), and no further script runs.
 
 use anyhow::{Context, Result};
 use std::io::Write;
@@ -109,6 +111,15 @@ fn run_script(
     })
 }
 
+/// After a signal to stop ([`crate::spawn::stop_on_signals`]): no further script, and the
+/// first boot stays pending.
+fn stop_here() -> Result<()> {
+    match crate::spawn::stopped() {
+        Some(sig) => anyhow::bail!("stopped by signal {sig}: the first boot is not complete"),
+        None => Ok(()),
+    }
+}
+
 pub fn run(o: &Opts) -> Result<Summary> {
     let mut kmsg = o
         .kmsg
@@ -126,6 +137,7 @@ pub fn run(o: &Opts) -> Result<Summary> {
         .as_ref()
         .is_some_and(|s| s.upgrade.as_deref() == Some("restored"));
     for path in scripts(&o.dir)? {
+        stop_here()?;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -133,10 +145,13 @@ pub fn run(o: &Opts) -> Result<Summary> {
         let failure = match run_script(&path, &name, restored, o.limit, &mut kmsg) {
             Ok(Some(0)) => None,
             Ok(Some(code)) => Some(format!("exited {code}")),
-            Ok(None) => Some(format!(
-                "still running after {} s: killed",
-                o.limit.map_or(0, |l| l.as_secs())
-            )),
+            Ok(None) => Some(match crate::spawn::stopped() {
+                Some(sig) => format!("stopped by signal {sig}: killed"),
+                None => format!(
+                    "still running after {} s: killed",
+                    o.limit.map_or(0, |l| l.as_secs())
+                ),
+            }),
             Err(e) => Some(format!("{e:#}")),
         };
         match failure {
@@ -156,6 +171,7 @@ pub fn run(o: &Opts) -> Result<Summary> {
             }
         }
     }
+    stop_here()?;
     let persistent = state.is_some_and(|s| s.mode.as_str() == "persistent");
     if persistent {
         if let Some(rec) = crate::overlay::read(&o.overlay)? {
@@ -185,92 +201,4 @@ pub fn run(o: &Opts) -> Result<Summary> {
         }
     }
     Ok(sum)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    fn opts(dir: &Path, limit: Option<Duration>) -> Opts {
-        Opts {
-            dir: dir.to_path_buf(),
-            overlay: dir.join("no-overlay"),
-            state: Some(dir.join("no-state")),
-            limit,
-            kmsg: false,
-        }
-    }
-
-    /// A temporary directory with an empty scripts' directory in it.
-    fn scripts_dir() -> (tempfile::TempDir, PathBuf) {
-        let t = tempfile::tempdir().unwrap();
-        let fb = t.path().join("firstboot.d");
-        std::fs::create_dir(&fb).unwrap();
-        (t, fb)
-    }
-
-    fn script(dir: &Path, name: &str, body: &str) {
-        std::fs::write(dir.join(name), body).unwrap();
-    }
-
-    fn pid_in(file: &Path) -> nix::unistd::Pid {
-        let text = std::fs::read_to_string(file).unwrap();
-        nix::unistd::Pid::from_raw(text.trim().parse().unwrap())
-    }
-
-    /// Alive and not a zombie waiting for its reaper.
-    fn running(pid: nix::unistd::Pid) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-            !s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-    }
-
-    #[test]
-    fn a_hanging_script_is_killed_with_what_it_started_and_kept() {
-        let (t, fb) = scripts_dir();
-        let child = t.path().join("child");
-        script(
-            &fb,
-            "10-hangs",
-            &format!("sleep 100 & echo $! > {}; wait", child.display()),
-        );
-        script(&fb, "20-ok", "echo fine");
-        let sum = run(&opts(&fb, Some(Duration::from_millis(1500)))).unwrap();
-        assert_eq!(sum.failed, ["10-hangs"]);
-        assert_eq!(sum.ran, ["20-ok"]);
-        assert!(fb.join("10-hangs").exists());
-        assert!(!fb.join("20-ok").exists());
-        // The group went with it: what the script started does not outlive the kill. Its
-        // reaper (init) may take a moment.
-        let pid = pid_in(&child);
-        let gone = (0..100).any(|_| {
-            std::thread::sleep(Duration::from_millis(50));
-            !running(pid)
-        });
-        assert!(gone, "the script's child {pid} survived the kill");
-    }
-
-    #[test]
-    fn a_script_is_done_when_it_exits_even_if_a_daemon_holds_its_output() {
-        let (t, fb) = scripts_dir();
-        let daemon = t.path().join("daemon");
-        // The daemon keeps the script's stdout (the pipe) open, in the script's group.
-        script(
-            &fb,
-            "10-starts-daemon",
-            &format!("sleep 100 & echo $! > {}; exit 0", daemon.display()),
-        );
-        let sum = run(&opts(&fb, None)).unwrap();
-        let pid = pid_in(&daemon);
-        let alive = running(pid);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        assert_eq!(sum.ran, ["10-starts-daemon"]);
-        assert!(sum.failed.is_empty());
-        assert!(alive, "run waited for the daemon {pid} to end");
-    }
 }

@@ -388,6 +388,8 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             };
             ovl::klog::init("ovlctl");
+            // The scripts run in groups of their own: a Ctrl-C must reach them through us.
+            ovl::spawn::stop_on_signals();
             let o = ovl::firstboot::Opts {
                 dir,
                 overlay,

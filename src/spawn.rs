@@ -10,12 +10,43 @@ use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::libc;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+
+/// The signal that asked the waits to stop (0: none), stored by the handler that
+/// [`stop_on_signals`] installs.
+static STOP: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_stop(sig: libc::c_int) {
+    STOP.store(sig, Ordering::Relaxed);
+}
+
+/// From now on SIGINT, SIGTERM and SIGHUP do not end this process: [`wait_reading`] kills
+/// the child it waits for, with its group, and returns, and [`stopped`] names the signal. A
+/// child in a group of its own gets neither the terminal's Ctrl-C nor a kill of our group:
+/// without this it would run on, unwatched, after we are gone.
+pub fn stop_on_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: a plain sigaction with a handler of the right signature that only stores
+        // to an atomic.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_stop as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// The signal that asked to stop, once one came (see [`stop_on_signals`]).
+pub fn stopped() -> Option<i32> {
+    Some(STOP.load(Ordering::Relaxed)).filter(|s| *s != 0)
+}
 
 /// Where a child's output goes.
 pub enum Output {
@@ -242,13 +273,15 @@ pub fn wait(pid: Pid) -> std::io::Result<Status> {
 /// How `wait_reading` ended.
 pub enum Waited {
     Done(Status),
-    /// Still running at the deadline: killed (with its process group) and reaped.
+    /// Still running at the deadline or when asked to stop: killed (with its process group)
+    /// and reaped.
     Killed,
 }
 
 /// Waits up to `limit` (`None`: no limit) for the child while reading `pipe` (its output), so a
 /// chatty program cannot fill the pipe and stall; keeps the last `keep` bytes of what it read.
-/// It returns when the child exits, even while something the child started holds the pipe.
+/// It returns when the child exits, even while something the child started holds the pipe,
+/// and kills it at the limit or when a signal asked to stop ([`stop_on_signals`]).
 pub fn wait_reading(
     pid: Pid,
     pipe: OwnedFd,
@@ -283,7 +316,7 @@ pub fn wait_reading(
             Err(e) if !open => return Err(e.into()),
             Err(_) => {}
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
+        if stopped().is_some() || deadline.is_some_and(|d| Instant::now() >= d) {
             // The group exists when the child made one (Spec::group); else this finds none.
             let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
             let _ = kill(pid, Signal::SIGKILL);
