@@ -17,10 +17,10 @@
 //! a rename puts each in place) and writes the plan, syncs the file system once, and the
 //! plan's rename into place is the commit. Then the directories are made, each staged file
 //! renamed over its path, the directories' modes set, the file system synced, and the
-//! journal removed. [`recover`] runs
-//! before every restore and at boot (before init starts): with a plan it finishes the
-//! renames (each is idempotent), without one it deletes the staging. So after a cut at any
-//! point the tree holds the old configuration or the new one, never a mixture.
+//! journal removed. [`recover`] runs before every restore and at boot (before init starts):
+//! with a plan it finishes the renames (each is idempotent), without one it deletes the
+//! staging. So after a cut at any point the tree holds the old configuration or the new one,
+//! never a mixture.
 //!
 //! Limits (documented in the README): archive 64 MiB compressed, 64 MiB expanded, a member
 //! 16 MiB, 50 000 members, a path 4095 bytes (a name 255), an extended header 64 KiB, and past

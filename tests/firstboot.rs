@@ -55,6 +55,14 @@ fn running(pid: Pid) -> bool {
     })
 }
 
+/// Gone within 5 s (its reaper, init, may take a moment).
+fn gone_soon(pid: Pid) -> bool {
+    (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        !running(pid)
+    })
+}
+
 fn wait_for(file: &Path) -> bool {
     (0..200).any(|_| {
         std::thread::sleep(Duration::from_millis(50));
@@ -65,23 +73,17 @@ fn wait_for(file: &Path) -> bool {
 #[test]
 fn a_signal_kills_the_running_script_with_what_it_started_and_stops() {
     for sig in [Signal::SIGINT, Signal::SIGTERM] {
-        let t = tempfile::tempdir().unwrap();
+        let (t, fb) = scripts_dir();
         let d = t.path();
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let fb = d.join("firstboot.d");
-        std::fs::create_dir(&fb).unwrap();
         let child = d.join("child");
         let later = d.join("later");
-        std::fs::write(
-            fb.join("10-waits"),
-            format!("sleep 100 & echo $! > {}; wait", child.display()),
-        )
-        .unwrap();
-        std::fs::write(
-            fb.join("20-later"),
-            format!("echo ran > {}", later.display()),
-        )
-        .unwrap();
+        script(
+            &fb,
+            "10-waits",
+            &format!("sleep 100 & echo $! > {}; wait", child.display()),
+        );
+        script(&fb, "20-later", &format!("echo ran > {}", later.display()));
         let mut cmd = Command::new(OVL);
         cmd.arg("firstboot")
             .arg("--dir")
@@ -121,10 +123,7 @@ fn a_signal_kills_the_running_script_with_what_it_started_and_stops() {
         assert!(fb.join("10-waits").exists() && fb.join("20-later").exists());
         assert!(!later.exists(), "20-later ran after the signal");
         let sleeper = pid_in(&child);
-        let gone = (0..100).any(|_| {
-            std::thread::sleep(Duration::from_millis(50));
-            !running(sleeper)
-        });
+        let gone = gone_soon(sleeper);
         if !gone {
             let _ = kill(sleeper, Signal::SIGKILL);
         }
@@ -150,14 +149,9 @@ fn a_hanging_script_is_killed_with_what_it_started_and_kept() {
     assert_eq!(sum.ran, ["20-ok"]);
     assert!(fb.join("10-hangs").exists());
     assert!(!fb.join("20-ok").exists());
-    // The group went with it: what the script started does not outlive the kill. Its
-    // reaper (init) may take a moment.
+    // The group went with it: what the script started does not outlive the kill.
     let pid = pid_in(&child);
-    let gone = (0..100).any(|_| {
-        std::thread::sleep(Duration::from_millis(50));
-        !running(pid)
-    });
-    assert!(gone, "the script's child {pid} survived the kill");
+    assert!(gone_soon(pid), "the script's child {pid} survived the kill");
 }
 
 #[test]
